@@ -1,0 +1,235 @@
+package redislocker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+
+	"github.com/dlock-go/dlock/locker"
+)
+
+// cleanupTimeout bounds the best-effort release after a failed or
+// interrupted acquire.
+const cleanupTimeout = time.Second
+
+// lockKey returns the Redis key of key's lock; its token counter is the
+// same key followed by ":token".
+func (l *Locker) lockKey(key string) string {
+	return l.prefix + ":{" + key + "}"
+}
+
+// run evaluates s on a connection from p. sent reports whether the command
+// may have reached the server (a connection was obtained), so that the
+// caller knows whether an error can hide an effect.
+func run(ctx context.Context, p Pool, s *redis.Script, args ...interface{}) (v interface{}, sent bool, err error) {
+	c, err := p.GetContext(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	defer c.Close()
+	if ctx.Done() == nil {
+		// No cancellation to watch: skip the goroutine DoContext spends.
+		v, err = s.Do(c, args...)
+	} else {
+		v, err = s.DoContext(ctx, c, args...)
+	}
+	return v, true, err
+}
+
+// ttlMillis converts a validated ttl to the whole milliseconds sent to Redis.
+func ttlMillis(ttl time.Duration) int64 { return ttl.Milliseconds() }
+
+// notObtainedCtx is the error of an acquire cut short by its context: it
+// matches both ErrNotObtained and the context's error.
+func notObtainedCtx(ctx context.Context) error {
+	return fmt.Errorf("redislocker: acquire: %w", errors.Join(locker.ErrNotObtained, context.Cause(ctx)))
+}
+
+// Acquire makes one attempt to take key for owner for ttl (whole
+// milliseconds; the storage's clock decides expiry) and returns the lease:
+// its fencing token and validity. On a single server the validity is the
+// TTL; on Redlock it is the TTL less the time the quorum took and the drift
+// allowance.
+//
+// Acquire returns [locker.ErrNotObtained] when a live lease holds key (the
+// owner's own included) or, on Redlock, when no quorum granted it in time;
+// an error matching both ErrNotObtained and the context's error when ctx
+// ends first; and a wrapped backend error (never ErrNotObtained) when the
+// server, or a Redlock majority, failed. A failed attempt leaves nothing
+// held, as far as the servers can be reached.
+func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Duration) (locker.Lease, error) {
+	if err := locker.CheckArgs(key, owner, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if ctx.Err() != nil {
+		return locker.Lease{}, notObtainedCtx(ctx)
+	}
+	lk := l.lockKey(key)
+	ms := ttlMillis(ttl)
+	if l.redlock {
+		return l.acquireRedlock(ctx, lk, owner, ms)
+	}
+	v, sent, err := run(ctx, l.nodes[0], acquireScript, lk, lk+":token", owner, ms)
+	if err != nil {
+		if sent {
+			// The script may have run before the reply was lost.
+			l.cleanup(ctx, lk, owner, ms, l.nodes)
+		}
+		if ctx.Err() != nil {
+			return locker.Lease{}, notObtainedCtx(ctx)
+		}
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %w", err)
+	}
+	token, err := redis.Int64(v, nil)
+	if err != nil {
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %w", err)
+	}
+	if token == 0 {
+		return locker.Lease{}, locker.ErrNotObtained
+	}
+	return locker.Lease{Token: token, Validity: time.Duration(ms) * time.Millisecond}, nil
+}
+
+// Refresh extends owner's live lease on key to ttl from now (storage clock),
+// keeping its token, and returns the renewed lease (on Redlock, with the
+// validity left after the quorum answered). It returns [locker.ErrNotHeld]
+// when owner holds no live lease on key (on Redlock: not on a quorum in
+// time), and a wrapped backend error when the server, or a Redlock
+// majority, failed.
+func (l *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Duration) (locker.Lease, error) {
+	if err := locker.CheckArgs(key, owner, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Lease{}, fmt.Errorf("redislocker: refresh: %w", context.Cause(ctx))
+	}
+	lk := l.lockKey(key)
+	ms := ttlMillis(ttl)
+	if l.redlock {
+		return l.refreshRedlock(ctx, lk, owner, ms)
+	}
+	v, _, err := run(ctx, l.nodes[0], refreshScript, lk, owner, ms)
+	token, err := redis.Int64(v, err)
+	if err != nil {
+		return locker.Lease{}, fmt.Errorf("redislocker: refresh: %w", err)
+	}
+	if token == 0 {
+		return locker.Lease{}, locker.ErrNotHeld
+	}
+	return locker.Lease{Token: token, Validity: time.Duration(ms) * time.Millisecond}, nil
+}
+
+// Release frees key if owner holds a live lease on it. It returns
+// [locker.ErrNotHeld], changing nothing, when owner holds none (never
+// locked, released already, expired, or taken over), and a wrapped backend
+// error when the server failed. On Redlock it deletes owner's lease on
+// every node it can reach, returns nil when a quorum still held it, and
+// returns a backend error when too many nodes failed to tell.
+func (l *Locker) Release(ctx context.Context, key, owner string) error {
+	if err := locker.CheckArgs(key, owner, 0); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("redislocker: release: %w", context.Cause(ctx))
+	}
+	lk := l.lockKey(key)
+	if l.redlock {
+		return l.releaseRedlock(ctx, lk, owner)
+	}
+	v, _, err := run(ctx, l.nodes[0], releaseScript, lk, owner)
+	n, err := redis.Int64(v, err)
+	if err != nil {
+		return fmt.Errorf("redislocker: release: %w", err)
+	}
+	if n == 0 {
+		return locker.ErrNotHeld
+	}
+	return nil
+}
+
+// Inspect reports who holds key: its owner, fencing token and remaining
+// TTL by the server's clock. A free key yields Info{Key: key} and a nil
+// error. On Redlock it reports the lease a quorum of nodes agrees on
+// (TTL: until fewer than a quorum would still hold it). It returns a
+// wrapped backend error when the server, or too many Redlock nodes to
+// tell, failed.
+func (l *Locker) Inspect(ctx context.Context, key string) (locker.Info, error) {
+	if err := locker.ValidateKey(key); err != nil {
+		return locker.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Info{}, fmt.Errorf("redislocker: inspect: %w", context.Cause(ctx))
+	}
+	lk := l.lockKey(key)
+	if l.redlock {
+		return l.inspectRedlock(ctx, key, lk)
+	}
+	v, _, err := run(ctx, l.nodes[0], inspectScript, lk)
+	h, err := parseHolder(v, err)
+	if err != nil {
+		return locker.Info{}, fmt.Errorf("redislocker: inspect: %w", err)
+	}
+	return h.info(key), nil
+}
+
+// holder is one node's answer to inspect.lua.
+type holder struct {
+	owner string
+	token int64
+	pttl  int64
+}
+
+func (h holder) info(key string) locker.Info {
+	if h.owner == "" {
+		return locker.Info{Key: key}
+	}
+	return locker.Info{Key: key, Owner: h.owner, Token: h.token, TTL: time.Duration(h.pttl) * time.Millisecond}
+}
+
+func parseHolder(v interface{}, err error) (holder, error) {
+	vs, err := redis.Values(v, err)
+	if err != nil {
+		return holder{}, err
+	}
+	if len(vs) == 0 {
+		return holder{}, nil
+	}
+	var h holder
+	if _, err := redis.Scan(vs, &h.owner, &h.token, &h.pttl); err != nil {
+		return holder{}, fmt.Errorf("unexpected reply from inspect.lua: %w", err)
+	}
+	if h.pttl < 0 {
+		// -1: someone removed the expiry; the lease then lasts until deleted.
+		h.pttl = 0
+	}
+	return h, nil
+}
+
+// cleanup releases owner's lease on nodes, best effort: after a failed or
+// interrupted acquire, so that nothing stays held. It ignores ctx's
+// cancellation and waits at most cleanupTimeout or the lease's TTL.
+func (l *Locker) cleanup(ctx context.Context, lk, owner string, ms int64, nodes []Pool) {
+	d := time.Duration(ms) * time.Millisecond
+	if d > cleanupTimeout {
+		d = cleanupTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
+	defer cancel()
+	if len(nodes) == 1 {
+		_, _, _ = run(ctx, nodes[0], releaseScript, lk, owner)
+		return
+	}
+	done := make(chan struct{}, len(nodes))
+	for _, p := range nodes {
+		go func() {
+			_, _, _ = run(ctx, p, releaseScript, lk, owner)
+			done <- struct{}{}
+		}()
+	}
+	for range nodes {
+		<-done
+	}
+}

@@ -1,0 +1,337 @@
+package redislocker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+
+	"github.com/dlock-go/dlock/locker"
+)
+
+// minGrace is the least time a fan-out waits for the remaining nodes once
+// its outcome is decided, before it gives up on them.
+const minGrace = time.Millisecond
+
+// reply is one node's answer in a fan-out.
+type reply struct {
+	node int
+	v    interface{}
+	err  error
+	done bool // an answer arrived (v or err); false: never asked or abandoned
+}
+
+// fanout evaluates s on the given nodes at once and collects their replies.
+// It stops waiting when every node answered, or when decided says the
+// outcome is known; it then gives the remaining nodes as long again as the
+// decision took (at least minGrace), cancels what is still in flight and
+// returns once every request has returned. A node that never answered
+// gets a reply with done false and a context error.
+func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, s *redis.Script, args ...interface{}) []reply {
+	start := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := make(chan reply, len(nodes))
+	for _, n := range nodes {
+		go func() {
+			v, _, err := run(ctx, l.nodes[n], s, args...)
+			ch <- reply{node: n, v: v, err: err, done: true}
+		}()
+	}
+	rs := make([]reply, 0, len(nodes))
+	for len(rs) < len(nodes) && !decided(rs) {
+		rs = append(rs, <-ch)
+	}
+	if len(rs) < len(nodes) {
+		grace := time.Since(start)
+		if grace < minGrace {
+			grace = minGrace
+		}
+		t := time.NewTimer(grace)
+	wait:
+		for len(rs) < len(nodes) {
+			select {
+			case r := <-ch:
+				rs = append(rs, r)
+			case <-t.C:
+				break wait
+			}
+		}
+		t.Stop()
+		cancel()
+		for len(rs) < len(nodes) {
+			r := <-ch
+			if r.err != nil && ctx.Err() != nil {
+				r.done = false // abandoned by us, not the node's answer
+			}
+			rs = append(rs, r)
+		}
+	}
+	return rs
+}
+
+// nodeErrors joins the errors of replies, naming nodes by index (URLs may
+// carry passwords).
+func nodeErrors(rs []reply) error {
+	var errs []error
+	for _, r := range rs {
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("node %d: %w", r.node, r.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func countErrors(rs []reply) int {
+	n := 0
+	for _, r := range rs {
+		if r.err != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// allNodes returns the indexes of every node.
+func (l *Locker) allNodes() []int {
+	ns := make([]int, len(l.nodes))
+	for i := range ns {
+		ns[i] = i
+	}
+	return ns
+}
+
+// drift is the clock-drift allowance of a lease of ttl.
+func (l *Locker) drift(ttl time.Duration) time.Duration {
+	return time.Duration(l.driftFactor*float64(ttl)) + l.driftExtra
+}
+
+// quorumDecided returns a decision function for fan-outs where a reply
+// counts as a success when ok says so: decided once a quorum succeeded or
+// once so many failed that a quorum is out of reach.
+func (l *Locker) quorumDecided(ok func(reply) bool) func([]reply) bool {
+	n := len(l.nodes)
+	return func(rs []reply) bool {
+		good := 0
+		for _, r := range rs {
+			if ok(r) {
+				good++
+			}
+		}
+		return good >= l.quorum || len(rs)-good > n-l.quorum
+	}
+}
+
+func positive(r reply) bool {
+	n, err := redis.Int64(r.v, r.err)
+	return err == nil && n > 0
+}
+
+// acquireRedlock runs the Redlock acquisition: acquire.lua on every node at
+// once, bounded by the lease's own end; with a quorum of grants, the
+// highest token becomes the lease's token, and if the grants disagree,
+// fence.lua gives it to every granting node and raises their counters (a
+// quorum must confirm). The validity is ttl less the time since the first
+// request left and the drift allowance; without a quorum or validity, the
+// attempt is released on every node.
+func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
+	ttl := time.Duration(ms) * time.Millisecond
+	start := time.Now() // monotonic: taken before the first request leaves
+	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
+	defer cancel()
+
+	rs := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), acquireScript, lk, lk+":token", owner, ms)
+	var granted []int
+	var token int64
+	agree := true
+	for _, r := range rs {
+		if !positive(r) {
+			continue
+		}
+		t, _ := redis.Int64(r.v, nil)
+		if len(granted) > 0 && t != token {
+			agree = false
+		}
+		if t > token {
+			token = t
+		}
+		granted = append(granted, r.node)
+	}
+	fenceErr := error(nil)
+	if len(granted) >= l.quorum && !agree {
+		fs := l.fanout(dctx, granted, l.quorumDecided(positive), fenceScript, lk, lk+":token", owner, token)
+		fenced := 0
+		for _, r := range fs {
+			if positive(r) {
+				fenced++
+			}
+		}
+		if fenced < l.quorum {
+			granted = granted[:0] // below quorum: fail below
+			fenceErr = nodeErrors(fs)
+		}
+	}
+	elapsed := time.Since(start)
+	validity := ttl - elapsed - l.drift(ttl)
+	if len(granted) >= l.quorum && validity > 0 {
+		return locker.Lease{Token: token, Validity: validity}, nil
+	}
+
+	// Release wherever the attempt may have taken the key: every node but
+	// those that plainly answered "held by someone else".
+	var dirty []Pool
+	for _, r := range rs {
+		if n, err := redis.Int64(r.v, r.err); err != nil || n != 0 {
+			dirty = append(dirty, l.nodes[r.node])
+		}
+	}
+	if len(dirty) > 0 {
+		l.cleanup(ctx, lk, owner, ms, dirty)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return locker.Lease{}, notObtainedCtx(ctx)
+	case countErrors(rs) >= l.quorum:
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %d of %d nodes failed: %w", countErrors(rs), len(l.nodes), nodeErrors(rs))
+	case fenceErr != nil:
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: fencing the token on a quorum failed: %w", fenceErr)
+	case len(granted) >= l.quorum:
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: a quorum answered after %v, leaving no validity of the %v TTL: %w",
+			elapsed.Round(time.Microsecond), ttl, locker.ErrNotObtained)
+	}
+	return locker.Lease{}, locker.ErrNotObtained
+}
+
+// refreshRedlock extends owner's lease on every node at once; it needs a
+// quorum, in time for some validity to remain.
+func (l *Locker) refreshRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
+	ttl := time.Duration(ms) * time.Millisecond
+	start := time.Now()
+	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
+	defer cancel()
+
+	rs := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), refreshScript, lk, owner, ms)
+	tokens := map[int64]int{}
+	ok := 0
+	for _, r := range rs {
+		if positive(r) {
+			t, _ := redis.Int64(r.v, nil)
+			tokens[t]++
+			ok++
+		}
+	}
+	validity := ttl - time.Since(start) - l.drift(ttl)
+	if ok >= l.quorum && validity > 0 {
+		return locker.Lease{Token: commonest(tokens), Validity: validity}, nil
+	}
+	if ctx.Err() != nil {
+		return locker.Lease{}, fmt.Errorf("redislocker: refresh: %w", context.Cause(ctx))
+	}
+	if n := countErrors(rs); n > 0 && ok+n >= l.quorum {
+		return locker.Lease{}, fmt.Errorf("redislocker: refresh: %d of %d nodes failed: %w", n, len(l.nodes), nodeErrors(rs))
+	}
+	return locker.Lease{}, locker.ErrNotHeld
+}
+
+// commonest returns the token most nodes reported, the highest on a tie.
+func commonest(tokens map[int64]int) int64 {
+	var best int64
+	for t, n := range tokens {
+		if n > tokens[best] || (n == tokens[best] && t > best) {
+			best = t
+		}
+	}
+	return best
+}
+
+// releaseRedlock deletes owner's lease on every node at once.
+func (l *Locker) releaseRedlock(ctx context.Context, lk, owner string) error {
+	rs := l.fanout(ctx, l.allNodes(), l.quorumDecided(positive), releaseScript, lk, owner)
+	ok := 0
+	for _, r := range rs {
+		if positive(r) {
+			ok++
+		}
+	}
+	if ok >= l.quorum {
+		return nil
+	}
+	if n := countErrors(rs); n > 0 && ok+n >= l.quorum {
+		if ctx.Err() != nil {
+			return fmt.Errorf("redislocker: release: %w", context.Cause(ctx))
+		}
+		return fmt.Errorf("redislocker: release: %d of %d nodes failed: %w", n, len(l.nodes), nodeErrors(rs))
+	}
+	return locker.ErrNotHeld
+}
+
+// inspectRedlock reports the lease a quorum of nodes agrees on.
+func (l *Locker) inspectRedlock(ctx context.Context, key, lk string) (locker.Info, error) {
+	n := len(l.nodes)
+	type vote struct {
+		owner string
+		token int64
+	}
+	tally := func(rs []reply) (map[vote][]int64, int) {
+		m := map[vote][]int64{}
+		errs := 0
+		for _, r := range rs {
+			h, err := parseHolder(r.v, r.err)
+			if err != nil {
+				errs++
+				continue
+			}
+			if h.owner != "" {
+				v := vote{h.owner, h.token}
+				m[v] = append(m[v], h.pttl)
+			}
+		}
+		return m, errs
+	}
+	decided := func(rs []reply) bool {
+		m, _ := tally(rs)
+		best := 0
+		for _, ttls := range m {
+			best = max(best, len(ttls))
+		}
+		return best >= l.quorum || best+n-len(rs) < l.quorum
+	}
+	rs := l.fanout(ctx, l.allNodes(), decided, inspectScript, lk)
+	m, errs := tally(rs)
+	best := 0
+	for v, ttls := range m {
+		if len(ttls) < l.quorum {
+			continue
+		}
+		// The lease stands until fewer than a quorum hold it: the
+		// quorum-th longest remaining time.
+		sort.Slice(ttls, func(i, j int) bool { return ttls[i] > ttls[j] })
+		return locker.Info{Key: key, Owner: v.owner, Token: v.token, TTL: time.Duration(ttls[l.quorum-1]) * time.Millisecond}, nil
+	}
+	for _, ttls := range m {
+		best = max(best, len(ttls))
+	}
+	if errs > 0 && best+errs >= l.quorum {
+		if ctx.Err() != nil {
+			return locker.Info{}, fmt.Errorf("redislocker: inspect: %w", context.Cause(ctx))
+		}
+		return locker.Info{}, fmt.Errorf("redislocker: inspect: %d of %d nodes failed: %w", errs, n, nodeErrors(rs))
+	}
+	return locker.Info{Key: key}, nil
+}
+
+// String describes the Locker without secrets, e.g.
+// "redislocker(prefix=distributed-locks, redlock 2/3)".
+func (l *Locker) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "redislocker(prefix=%s", l.prefix)
+	if l.redlock {
+		fmt.Fprintf(&b, ", redlock %d/%d", l.quorum, len(l.nodes))
+	}
+	b.WriteString(")")
+	return b.String()
+}

@@ -1,0 +1,48 @@
+// Package lua holds the Redis Lua scripts of dlock's Redis driver, one file
+// per operation, embedded at build time. Each script opens with a comment
+// stating its KEYS, ARGV and return values.
+//
+// Key layout, for a prefix P and a lock key K:
+//
+//	P:{K}        the lock: a string "<token>:<owner>" with a PX expiry
+//	P:{K}:token  the key's fencing-token counter: an integer without expiry
+//
+// The braces make both keys share a Redis Cluster hash slot. Every script
+// returns an integer or an array, never a nil-versus-OK status, so callers
+// can tell each outcome apart.
+package lua
+
+import _ "embed"
+
+var (
+	// Acquire takes a free key: KEYS lock, counter; ARGV owner, ttl in ms.
+	// It returns the new fencing token, or 0 when the key is held.
+	//
+	//go:embed acquire.lua
+	Acquire string
+
+	// Refresh extends an owner's live lease: KEYS lock; ARGV owner, ttl in ms.
+	// It returns the lease's token, or 0 when owner holds no live lease.
+	//
+	//go:embed refresh.lua
+	Refresh string
+
+	// Release deletes an owner's live lease: KEYS lock; ARGV owner. It
+	// returns 1 when it deleted the lease, 0 when owner held none.
+	//
+	//go:embed release.lua
+	Release string
+
+	// Inspect reports a key's holder: KEYS lock. It returns an empty array
+	// for a free key, else {owner, token, remaining ms}.
+	//
+	//go:embed inspect.lua
+	Inspect string
+
+	// Fence, for Redlock, sets an owner's live lease to a given token and
+	// raises the counter to it: KEYS lock, counter; ARGV owner, token. It
+	// returns 1 when done, 0 when owner holds no live lease.
+	//
+	//go:embed fence.lua
+	Fence string
+)
