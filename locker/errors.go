@@ -72,18 +72,24 @@ func ValidateTTL(ttl time.Duration) error {
 	return nil
 }
 
-// CheckArgs validates the arguments of a [Locker] call; drivers call it first
-// so that bad input never reaches the storage. Pass ttl 0 for Release, which
-// has none; Inspect needs only [ValidateKey].
+// CheckArgs validates the arguments of an Acquire or Refresh call; drivers
+// call it first so that bad input never reaches the storage. Errors match
+// [ErrInvalidKey] or [ErrInvalidOption].
 func CheckArgs(key, owner string, ttl time.Duration) error {
+	if err := CheckOwner(key, owner); err != nil {
+		return err
+	}
+	return ValidateTTL(ttl)
+}
+
+// CheckOwner validates the arguments of a Release call: a valid key and a
+// non-empty owner. Inspect needs only [ValidateKey].
+func CheckOwner(key, owner string) error {
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
 	if owner == "" {
 		return fmt.Errorf("%w: empty owner", ErrInvalidOption)
-	}
-	if ttl != 0 {
-		return ValidateTTL(ttl)
 	}
 	return nil
 }

@@ -1,0 +1,494 @@
+package locker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Lock is a handle on one critical section, made by [Factory.NewLock]. One
+// handle holds at most one lease at a time; its methods are safe for
+// concurrent use. After Unlock (or a loss) the handle can be locked again,
+// and each acquisition gets a new owner value and fencing token.
+type Lock struct {
+	locker Locker
+	key    string
+	cfg    config
+	err    error // invalid key or option, reported by Lock
+
+	mu        sync.Mutex
+	acquiring bool
+	cur       *lease
+}
+
+// lease is one acquisition: its owner, token, trust deadline and lifetime.
+type lease struct {
+	l        *Lock
+	owner    string
+	token    int64
+	ttl      time.Duration
+	acquired time.Time
+	observer func(Event)
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu       sync.Mutex
+	deadline time.Time // monotonic: the lease may be trusted until then
+	timer    *time.Timer
+	stop     chan struct{}  // closed to stop the refresher
+	wg       sync.WaitGroup // the refresher
+}
+
+var errUnlocked = fmt.Errorf("%w: unlocked", ErrNotHeld)
+
+// Key returns the key the handle locks.
+func (l *Lock) Key() string { return l.key }
+
+// Lock acquires the lock, retrying while it is held elsewhere: by default
+// 3 retries one second apart (see [Retries], [Interval], [WithBackoff]),
+// never past ctx. opts apply to this call only.
+//
+// ctx bounds the wait only: the lease it obtains lives until Unlock or loss.
+// [Lock.Context] carries ctx's values but not its cancellation.
+//
+// Lock returns nil once the lock is held. It returns an error matching
+// [ErrNotObtained] if every attempt found the lock held elsewhere (and also
+// ctx's error if ctx ended the wait); a wrapped backend error if the last
+// attempt failed for another reason, leaving nothing held;
+// [ErrAlreadyHeld] if this handle holds the lock or another Lock call on it
+// is under way; [ErrInvalidKey] or [ErrInvalidOption] for bad input, before
+// any I/O.
+func (l *Lock) Lock(ctx context.Context, opts ...Option) error {
+	return l.lock(ctx, context.WithoutCancel(ctx), opts)
+}
+
+// TryLock makes exactly one attempt to acquire the lock, as Lock does with
+// [Retries](0). It returns an error matching [ErrNotObtained] at once if the
+// lock is held elsewhere.
+func (l *Lock) TryLock(ctx context.Context, opts ...Option) error {
+	return l.lock(ctx, context.WithoutCancel(ctx), append(opts, Retries(0)))
+}
+
+func (l *Lock) lock(ctx, parent context.Context, opts []Option) error {
+	if l.err != nil {
+		return l.err
+	}
+	cfg := l.cfg
+	if err := cfg.apply(opts); err != nil {
+		return err
+	}
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	switch {
+	case l.acquiring:
+		l.mu.Unlock()
+		return fmt.Errorf("%w: a Lock call on this handle is under way", ErrAlreadyHeld)
+	case l.cur != nil && l.cur.ctx.Err() == nil:
+		l.mu.Unlock()
+		return ErrAlreadyHeld
+	case l.cur != nil: // a lost lease: finish it off before taking a new one
+		l.cur.end(nil)
+		l.cur = nil
+	}
+	l.acquiring = true
+	l.mu.Unlock()
+
+	ls, err := l.acquire(ctx, parent, &cfg)
+
+	l.mu.Lock()
+	l.acquiring = false
+	if err == nil {
+		l.cur = ls
+	}
+	l.mu.Unlock()
+	return err
+}
+
+// acquire runs the attempt loop: the one retry loop of every driver.
+func (l *Lock) acquire(ctx, parent context.Context, cfg *config) (*lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, cancelled(ctx, nil)
+	}
+	owner, err := newOwner()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		sent := time.Now()
+		granted, err := l.locker.Acquire(ctx, l.key, owner, cfg.ttl)
+		switch {
+		case err == nil:
+			deadline := sent.Add(granted.Validity)
+			if granted.Validity > 0 && time.Now().Before(deadline) {
+				ls := l.newLease(parent, cfg, owner, granted.Token, sent, deadline)
+				ls.emit(Event{Kind: Acquired, Attempt: attempt, Wait: time.Since(start)})
+				return ls, nil
+			}
+			// The grant arrived too late to be trusted: give it back.
+			l.abandon(ctx, cfg, owner)
+			err = fmt.Errorf("%w: the lease's validity ran out before the reply arrived", ErrNotObtained)
+		case ctx.Err() != nil:
+			// The request may have reached the storage: leave nothing held.
+			l.abandon(ctx, cfg, owner)
+			return nil, cancelled(ctx, err)
+		case !errors.Is(err, ErrNotObtained):
+			l.abandon(ctx, cfg, owner)
+		}
+		if cfg.observer != nil {
+			cfg.observer(Event{Kind: Contended, Key: l.key, Owner: owner, Attempt: attempt, Wait: time.Since(start), Err: err})
+		}
+		if attempt > cfg.retries {
+			return nil, err
+		}
+		if d := cfg.delay(attempt); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, cancelled(ctx, err)
+			case <-t.C:
+			}
+		} else if ctx.Err() != nil {
+			return nil, cancelled(ctx, err)
+		}
+	}
+}
+
+// abandon releases whatever an attempt with owner may have left held, at most
+// waiting for a TTL, even if ctx is cancelled.
+func (l *Lock) abandon(ctx context.Context, cfg *config, owner string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ttl)
+	defer cancel()
+	_ = l.locker.Release(rctx, l.key, owner)
+}
+
+// cancelled is the error of a wait cut short by ctx: it matches
+// ErrNotObtained and ctx's error.
+func cancelled(ctx context.Context, last error) error {
+	errs := []error{ErrNotObtained, ctx.Err()}
+	if cause := context.Cause(ctx); cause != nil && cause != ctx.Err() {
+		errs = append(errs, cause)
+	}
+	if last != nil && !errors.Is(last, ErrNotObtained) && !errors.Is(last, ctx.Err()) {
+		errs = append(errs, last)
+	}
+	return errors.Join(errs...)
+}
+
+func newOwner() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("dlock: generating an owner value: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// earlyBy is how long before the trust deadline a lease is declared lost, to
+// absorb timer and scheduling latency: 5% of the TTL, at most 50ms.
+func earlyBy(ttl time.Duration) time.Duration {
+	return min(ttl/20, 50*time.Millisecond)
+}
+
+func (l *Lock) newLease(parent context.Context, cfg *config, owner string, token int64, acquired, deadline time.Time) *lease {
+	ls := &lease{
+		l: l, owner: owner, token: token, ttl: cfg.ttl, acquired: acquired,
+		observer: cfg.observer, deadline: deadline, stop: make(chan struct{}),
+	}
+	ls.ctx, ls.cancel = context.WithCancelCause(parent)
+	ls.timer = time.AfterFunc(time.Until(deadline)-earlyBy(ls.ttl), ls.expire)
+	if p := cfg.refreshPeriod(); p > 0 {
+		ls.wg.Add(1)
+		go ls.keepAlive(p)
+	}
+	return ls
+}
+
+func (ls *lease) emit(e Event) {
+	if ls.observer == nil {
+		return
+	}
+	e.Key, e.Owner = ls.l.key, ls.owner
+	if e.Kind != Contended {
+		e.Token = ls.token
+	}
+	ls.observer(e)
+}
+
+// expire runs when the trust deadline passes without a refresh.
+func (ls *lease) expire() {
+	ls.mu.Lock()
+	select {
+	case <-ls.stop: // ended
+		ls.mu.Unlock()
+		return
+	default:
+	}
+	remaining := time.Until(ls.deadline) - earlyBy(ls.ttl)
+	if remaining > 0 { // extended meanwhile
+		ls.timer.Reset(remaining)
+		ls.mu.Unlock()
+		return
+	}
+	ls.mu.Unlock()
+	ls.lose(fmt.Errorf("%w: the lease's validity ran out", ErrLost))
+}
+
+// lose cancels the lease's context with cause, once.
+func (ls *lease) lose(cause error) {
+	if ls.ctx.Err() != nil {
+		return
+	}
+	ls.cancel(cause)
+	if context.Cause(ls.ctx) == cause {
+		ls.emit(Event{Kind: Lost, Held: time.Since(ls.acquired), Err: cause})
+	}
+}
+
+// extend moves the trust deadline after a successful refresh sent at sent.
+// It reports false if the lease was already lost.
+func (ls *lease) extend(sent time.Time, validity time.Duration) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.ctx.Err() != nil {
+		return false
+	}
+	if d := sent.Add(validity); d.After(ls.deadline) {
+		ls.deadline = d
+	}
+	return true
+}
+
+// end finishes the lease: cancels its context with cause (unless already
+// done), stops its timer and refresher and waits for the refresher to exit.
+func (ls *lease) end(cause error) {
+	if cause != nil {
+		ls.cancel(cause)
+	}
+	ls.mu.Lock()
+	select {
+	case <-ls.stop:
+	default:
+		close(ls.stop)
+	}
+	ls.timer.Stop()
+	ls.mu.Unlock()
+	ls.wg.Wait()
+}
+
+func (ls *lease) remaining() time.Duration {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.ctx.Err() != nil {
+		return 0
+	}
+	return max(time.Until(ls.deadline), 0)
+}
+
+// keepAlive refreshes the lease every period until it ends. A failed
+// refresh is retried sooner; the expiry timer declares the loss if none
+// succeeds before the deadline.
+func (ls *lease) keepAlive(period time.Duration) {
+	defer ls.wg.Done()
+	t := time.NewTimer(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ls.stop:
+			return
+		case <-ls.ctx.Done():
+			return
+		case <-t.C:
+		}
+		next := period
+		if err := ls.refresh(ls.ctx, ls.ttl); err != nil && !errors.Is(err, ErrNotHeld) {
+			next = max(period/4, time.Millisecond)
+		}
+		t.Reset(next)
+	}
+}
+
+// refresh extends the lease in the storage and locally.
+func (ls *lease) refresh(ctx context.Context, ttl time.Duration) error {
+	ls.mu.Lock()
+	deadline := ls.deadline
+	ls.mu.Unlock()
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	sent := time.Now()
+	granted, err := ls.l.locker.Refresh(rctx, ls.l.key, ls.owner, ttl)
+	switch {
+	case errors.Is(err, ErrNotHeld):
+		cause := fmt.Errorf("%w: a refresh found the lease gone", ErrLost)
+		ls.lose(cause)
+		return cause
+	case err != nil:
+		if ls.ctx.Err() != nil {
+			return errors.Join(context.Cause(ls.ctx), err)
+		}
+		return err
+	case granted.Validity <= 0 || !ls.extend(sent, granted.Validity):
+		if c := context.Cause(ls.ctx); c != nil {
+			return c
+		}
+		return fmt.Errorf("%w: the refreshed lease's validity ran out before the reply arrived", ErrLost)
+	}
+	ls.emit(Event{Kind: Refreshed, Held: time.Since(ls.acquired)})
+	return nil
+}
+
+// current returns the live lease, or an error matching ErrNotHeld.
+func (l *Lock) current() (*lease, error) {
+	l.mu.Lock()
+	ls := l.cur
+	l.mu.Unlock()
+	if ls == nil {
+		return nil, ErrNotHeld
+	}
+	if ls.ctx.Err() != nil {
+		return nil, context.Cause(ls.ctx)
+	}
+	return ls, nil
+}
+
+// Refresh extends the held lease to a full TTL from now (opts may set
+// another [TTL]), keeping its fencing token. It returns an error matching
+// [ErrNotHeld] if the handle holds no lease or the storage says the lease is
+// gone (the lock is then lost: [Lock.Done] closes), a wrapped backend error
+// if the storage could not be reached (the lease stands until its validity
+// runs out), or [ErrInvalidOption] for bad options.
+func (l *Lock) Refresh(ctx context.Context, opts ...Option) error {
+	if l.err != nil {
+		return l.err
+	}
+	cfg := l.cfg
+	if err := cfg.apply(opts); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ls, err := l.current()
+	if err != nil {
+		return err
+	}
+	return ls.refresh(ctx, cfg.ttl)
+}
+
+// Unlock releases the lock. It stops any automatic refresh and cancels
+// [Lock.Context] before it returns.
+//
+// It returns an error matching [ErrNotHeld] if the handle holds no lease
+// (never locked, or already unlocked), or if the lease was lost before
+// Unlock (the error then also matches [ErrLost]: the critical section may
+// have overlapped another holder's). It returns a wrapped backend error if
+// the storage could not be reached; the lease then ends by itself after its
+// TTL.
+func (l *Lock) Unlock(ctx context.Context) error {
+	l.mu.Lock()
+	ls := l.cur
+	l.cur = nil
+	l.mu.Unlock()
+	if ls == nil {
+		return ErrNotHeld
+	}
+	var lost error
+	if ls.ctx.Err() != nil {
+		lost = context.Cause(ls.ctx)
+	}
+	ls.end(errUnlocked)
+	if err := ctx.Err(); err != nil {
+		return errors.Join(lost, err)
+	}
+	err := l.locker.Release(ctx, l.key, ls.owner)
+	switch {
+	case lost != nil:
+		err = lost
+	case errors.Is(err, ErrNotHeld):
+		err = errors.Join(ErrLost, err)
+	}
+	ls.emit(Event{Kind: Released, Held: time.Since(ls.acquired), Err: err})
+	return err
+}
+
+// Token returns the fencing token of the held lease, or 0 if the handle
+// holds none. Tokens strictly increase per key with every acquisition.
+func (l *Lock) Token() int64 {
+	ls, err := l.current()
+	if err != nil {
+		return 0
+	}
+	return ls.token
+}
+
+// Owner returns the owner value of the held lease (unique to this
+// acquisition), or "" if the handle holds none.
+func (l *Lock) Owner() string {
+	ls, err := l.current()
+	if err != nil {
+		return ""
+	}
+	return ls.owner
+}
+
+// Remaining returns how much longer the held lease can be trusted, measured
+// on the monotonic clock from when its last acquire or refresh was sent, or
+// 0 if the handle holds no live lease.
+func (l *Lock) Remaining() time.Duration {
+	ls, err := l.current()
+	if err != nil {
+		return 0
+	}
+	return ls.remaining()
+}
+
+// Held reports whether the handle holds a lease that can still be trusted.
+func (l *Lock) Held() bool {
+	_, err := l.current()
+	return err == nil
+}
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Done returns a channel that is closed when the current lease ends: by
+// Unlock, or by loss (a refresh found another owner, or the lease's validity
+// ran out without a successful refresh). With no lease it returns a closed
+// channel. After a loss, [Lock.Err] says why.
+func (l *Lock) Done() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cur == nil {
+		return closed
+	}
+	return l.cur.ctx.Done()
+}
+
+// Context returns a context for the work done under the lock. It carries
+// the values of the ctx given to Lock and is cancelled when the lease ends:
+// with a cause matching [ErrLost] (and so [ErrNotHeld]) when it is lost, or
+// [ErrNotHeld] after Unlock. With no lease it returns an already cancelled
+// context whose cause matches ErrNotHeld.
+func (l *Lock) Context() context.Context {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cur == nil {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		cancel(ErrNotHeld)
+		return ctx
+	}
+	return l.cur.ctx
+}
+
+// Err returns nil while the lease is live, the loss cause (matching
+// [ErrLost]) after a loss, and ErrNotHeld when the handle holds no lease.
+func (l *Lock) Err() error {
+	_, err := l.current()
+	return err
+}
