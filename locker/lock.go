@@ -112,6 +112,11 @@ func (l *Lock) lock(ctx, parent context.Context, opts []Option) error {
 }
 
 // acquire runs the attempt loop: the one retry loop of every driver.
+//
+// Retries and the interval (or backoff) bound how long it waits. When the
+// driver is a [Watcher], a release notification wakes the wait early for an
+// extra attempt that does not count as a retry; if it fails, the wait goes on
+// to the end of the same interval.
 func (l *Lock) acquire(ctx, parent context.Context, cfg *config) (*lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, cancelled(ctx, nil)
@@ -120,45 +125,101 @@ func (l *Lock) acquire(ctx, parent context.Context, cfg *config) (*lease, error)
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		sent := time.Now()
-		granted, err := l.locker.Acquire(ctx, l.key, owner, cfg.ttl)
-		switch {
-		case err == nil:
-			deadline := sent.Add(granted.Validity)
-			if granted.Validity > 0 && time.Now().Before(deadline) {
-				ls := l.newLease(parent, cfg, owner, granted.Token, sent, deadline)
-				ls.emit(Event{Kind: Acquired, Attempt: attempt, Wait: time.Since(start)})
-				return ls, nil
-			}
-			// The grant arrived too late to be trusted: give it back.
-			l.abandon(ctx, cfg, owner)
-			err = fmt.Errorf("%w: the lease's validity ran out before the reply arrived", ErrNotObtained)
-		case ctx.Err() != nil:
-			// The request may have reached the storage: leave nothing held.
-			l.abandon(ctx, cfg, owner)
-			return nil, cancelled(ctx, err)
-		case !errors.Is(err, ErrNotObtained):
-			l.abandon(ctx, cfg, owner)
+	a := attempter{l: l, cfg: cfg, ctx: ctx, parent: parent, owner: owner, start: time.Now()}
+	defer a.unwatch()
+	for retry := 0; ; retry++ {
+		ls, err := a.try()
+		if ls != nil || ctx.Err() != nil {
+			return ls, err
 		}
-		if cfg.observer != nil {
-			cfg.observer(Event{Kind: Contended, Key: l.key, Owner: owner, Attempt: attempt, Wait: time.Since(start), Err: err})
-		}
-		if attempt > cfg.retries {
+		if retry >= cfg.retries {
 			return nil, err
 		}
-		if d := cfg.delay(attempt); d > 0 {
-			t := time.NewTimer(d)
+		if errors.Is(err, ErrNotObtained) {
+			a.watch()
+		}
+		t := time.NewTimer(cfg.delay(retry + 1))
+	wait:
+		for {
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return nil, cancelled(ctx, err)
 			case <-t.C:
+				break wait
+			case <-a.released:
+				ls, werr := a.try()
+				if ls != nil || ctx.Err() != nil {
+					t.Stop()
+					return ls, werr
+				}
+				err = werr
 			}
-		} else if ctx.Err() != nil {
-			return nil, cancelled(ctx, err)
 		}
+	}
+}
+
+// attempter makes the attempts of one acquire call.
+type attempter struct {
+	l           *Lock
+	cfg         *config
+	ctx, parent context.Context
+	owner       string
+	start       time.Time
+	attempts    int
+
+	released <-chan struct{} // nil until watching
+	stop     func()
+	watched  bool
+}
+
+// try makes one attempt. It returns the lease, or the attempt's error (for a
+// cancelled ctx, the final error).
+func (a *attempter) try() (*lease, error) {
+	a.attempts++
+	l, cfg := a.l, a.cfg
+	sent := time.Now()
+	granted, err := l.locker.Acquire(a.ctx, l.key, a.owner, cfg.ttl)
+	switch {
+	case err == nil:
+		deadline := sent.Add(granted.Validity)
+		if granted.Validity > 0 && time.Now().Before(deadline) {
+			ls := l.newLease(a.parent, cfg, a.owner, granted.Token, sent, deadline)
+			ls.emit(Event{Kind: Acquired, Attempt: a.attempts, Wait: time.Since(a.start)})
+			return ls, nil
+		}
+		// The grant arrived too late to be trusted: give it back.
+		l.abandon(a.ctx, cfg, a.owner)
+		err = fmt.Errorf("%w: the lease's validity ran out before the reply arrived", ErrNotObtained)
+	case a.ctx.Err() != nil:
+		// The request may have reached the storage: leave nothing held.
+		l.abandon(a.ctx, cfg, a.owner)
+		return nil, cancelled(a.ctx, err)
+	case !errors.Is(err, ErrNotObtained):
+		l.abandon(a.ctx, cfg, a.owner)
+	}
+	if cfg.observer != nil {
+		cfg.observer(Event{Kind: Contended, Key: l.key, Owner: a.owner, Attempt: a.attempts, Wait: time.Since(a.start), Err: err})
+	}
+	return nil, err
+}
+
+// watch subscribes to releases of the key, once, if the driver can.
+func (a *attempter) watch() {
+	if a.watched {
+		return
+	}
+	a.watched = true
+	if w, ok := a.l.locker.(Watcher); ok {
+		if ch, stop, err := w.Watch(a.ctx, a.l.key); err == nil {
+			a.released, a.stop = ch, stop
+		}
+	}
+}
+
+func (a *attempter) unwatch() {
+	if a.stop != nil {
+		a.stop()
 	}
 }
 

@@ -68,3 +68,17 @@ func (i Info) Held() bool { return i.Owner != "" }
 type Purger interface {
 	Purge(ctx context.Context, olderThan time.Duration) (int64, error)
 }
+
+// Watcher is implemented by drivers that can tell a waiting Lock call that a
+// key was released (Redis pub/sub, PostgreSQL LISTEN/NOTIFY), so that the
+// lock changes hands as soon as it is free instead of at the next poll.
+//
+// Watch subscribes to releases of key until stop is called; it returns once
+// the subscription is in place. The channel receives a value (sent without
+// blocking, so a buffer of one is enough) whenever key may have become free.
+// Notifications are hints: a waiter still makes an attempt that may fail,
+// and still polls at its interval, so a lost notification or an expiry that
+// sends none costs latency, never correctness.
+type Watcher interface {
+	Watch(ctx context.Context, key string) (released <-chan struct{}, stop func(), err error)
+}

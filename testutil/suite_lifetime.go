@@ -98,7 +98,7 @@ func (s *suite) lifetime(t *testing.T) {
 		wantIs(t, l.Refresh(ctx), locker.ErrNotHeld, "Refresh after expiry")
 		// The handle can be locked again, with a new owner and token.
 		owner, tok := l.Owner(), l.Token()
-		must(t, l.Lock(ctx), "Lock again")
+		must(t, l.Lock(ctx, locker.Retries(locker.Unlimited), locker.Interval(5*time.Millisecond)), "Lock again")
 		if l.Owner() == owner || l.Token() == tok {
 			t.Fatal("a new acquisition reused the old owner or token")
 		}
@@ -202,6 +202,44 @@ func (s *suite) lifetime(t *testing.T) {
 		}, locker.TTL(100*time.Millisecond))
 		wantIs(t, err, fnErr, "Do's error")
 		wantIs(t, err, locker.ErrLost, "Do's error")
+	})
+
+	t.Run("WakeOnRelease", func(t *testing.T) {
+		t.Parallel()
+		if _, ok := s.d.New(t).(locker.Watcher); !ok {
+			return // the driver polls; nothing to wake
+		}
+		key := Key(t)
+		ctx := testCtx(t, 30*time.Second)
+		a, b := s.factory(t).NewLock(key), s.factory(t).NewLock(key)
+		must(t, a.TryLock(ctx), "a.TryLock")
+		got := make(chan error, 1)
+		var attempts atomic.Int64
+		go func() {
+			// An hour between polls: only a release notification can let b in.
+			got <- b.Lock(ctx, locker.Retries(1), locker.Interval(time.Hour), locker.Observe(func(e locker.Event) {
+				attempts.Add(1)
+			}))
+		}()
+		waitFor(t, 10*time.Second, time.Millisecond, "b's first attempt", func() bool { return attempts.Load() > 0 })
+		// b may not be subscribed yet when a unlocks; keep re-locking and
+		// unlocking a until b gets in, but at most a few times.
+		for i := 0; ; i++ {
+			if i == 50 {
+				t.Fatal("b was never woken by a's releases")
+			}
+			must(t, a.Unlock(ctx), "a.Unlock")
+			select {
+			case err := <-got:
+				must(t, err, "b.Lock")
+				must(t, b.Unlock(ctx), "b.Unlock")
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if err := a.TryLock(ctx); err != nil {
+				wantIs(t, err, locker.ErrNotObtained, "a.TryLock")
+			}
+		}
 	})
 
 	t.Run("Events", func(t *testing.T) {

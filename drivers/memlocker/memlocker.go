@@ -19,6 +19,7 @@ type Locker struct {
 	mu     sync.Mutex
 	leases map[string]record
 	tokens map[string]int64 // last token per key; survives release and purge
+	watch  map[string]map[chan struct{}]struct{}
 }
 
 type record struct {
@@ -28,13 +29,14 @@ type record struct {
 }
 
 var (
-	_ locker.Locker = (*Locker)(nil)
-	_ locker.Purger = (*Locker)(nil)
+	_ locker.Locker  = (*Locker)(nil)
+	_ locker.Purger  = (*Locker)(nil)
+	_ locker.Watcher = (*Locker)(nil)
 )
 
 // New returns an empty in-memory Locker.
 func New() *Locker {
-	return &Locker{leases: map[string]record{}, tokens: map[string]int64{}}
+	return &Locker{leases: map[string]record{}, tokens: map[string]int64{}, watch: map[string]map[chan struct{}]struct{}{}}
 }
 
 func (m *Locker) live(key string, now time.Time) (record, bool) {
@@ -103,7 +105,39 @@ func (m *Locker) Release(ctx context.Context, key, owner string) error {
 	if !time.Now().Before(r.expires) {
 		return locker.ErrNotHeld
 	}
+	for ch := range m.watch[key] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 	return nil
+}
+
+// Watch tells the caller of every Release of key until stop is called.
+func (m *Locker) Watch(ctx context.Context, key string) (<-chan struct{}, func(), error) {
+	if err := locker.ValidateKey(key); err != nil {
+		return nil, nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	ch := make(chan struct{}, 1)
+	m.mu.Lock()
+	if m.watch[key] == nil {
+		m.watch[key] = map[chan struct{}]struct{}{}
+	}
+	m.watch[key][ch] = struct{}{}
+	m.mu.Unlock()
+	stop := func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		delete(m.watch[key], ch)
+		if len(m.watch[key]) == 0 {
+			delete(m.watch, key)
+		}
+	}
+	return ch, stop, nil
 }
 
 // Inspect reports the live holder of key, or an Info with no owner.
