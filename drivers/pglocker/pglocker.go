@@ -1,0 +1,370 @@
+// Package pglocker stores dlock's locks in PostgreSQL through database/sql.
+//
+// Each lock is a row of a lock table (default dlock_locks; create it with the
+// migrations package or the goose CLI). The package is documented and tested
+// with lib/pq; pgx's stdlib driver works as well:
+//
+//	db, err := sql.Open("postgres", "postgres://app@db/app?sslmode=disable")
+//	if err != nil { ... }
+//	if err := migrations.Up(ctx, db); err != nil { ... }
+//	pg, err := pglocker.New(db)
+//	if err != nil { ... }
+//	f, err := locker.NewFactory(pg)
+//
+// # Guarantees
+//
+// Acquire is a single INSERT … ON CONFLICT (key) DO UPDATE … WHERE the row
+// has expired, run in a REPEATABLE READ transaction, so a live lease is never
+// overwritten and two acquirers never both win: the loser of a race gets
+// [locker.ErrNotObtained] (PostgreSQL's serialization failure 40001, unique
+// violation 23505 and deadlock 40P01 are reported that way, wrapping the
+// server's error). Expiry is decided by the server's clock
+// (statement_timestamp(), which is now() in a one-statement transaction), never
+// the client's. TTLs are sent as whole milliseconds, rounded up.
+//
+// Fencing tokens come from a sequence (dlock_locks_token_seq), so they keep
+// increasing across release, expiry, takeover and [Locker.Purge]; tokens of
+// one key are drawn under a transaction-level advisory lock on a hash of the
+// key, so a token drawn by a stalled acquirer can never be granted after a
+// larger one. Tokens are unique per table, not only per key. Rolling the
+// migrations down drops the sequence: tokens restart after a new Up.
+//
+// Release deletes the caller's row even when its lease has already expired,
+// but then reports [locker.ErrNotHeld]; another owner's row is never touched.
+// Expired rows of keys nobody releases stay until they are taken over or
+// removed by Purge.
+//
+// [Locker.Fence] guards a write in the caller's own transaction: it checks
+// that an acquisition is still live and keeps the lock row from being taken
+// over until the transaction ends, so a write that commits was made while the
+// lease was held.
+//
+// # Connections
+//
+// New uses the handle it is given as is and changes no session setting on
+// it. With a *sql.DB or *sql.Conn, Acquire opens its own short transaction
+// and the other statements run on their own (autocommit). With a *sql.Tx,
+// every statement runs inside the caller's transaction, at its isolation
+// level: nothing is visible to other clients before it commits, and an
+// error (a lost race under REPEATABLE READ, for instance) aborts it.
+//
+// The table name is configurable with [Table], schema-qualified if need be,
+// and always quoted; it is substituted into the SQL text at run time.
+package pglocker
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	_ "github.com/lib/pq" // the documented driver, registered as "postgres" for Open
+
+	"github.com/dlock-go/dlock/drivers/pglocker/internal/dbsqlc"
+	"github.com/dlock-go/dlock/locker"
+	"github.com/dlock-go/dlock/migrations"
+)
+
+var (
+	_ locker.Locker = (*Locker)(nil)
+	_ locker.Purger = (*Locker)(nil)
+)
+
+// DB is the database handle New accepts: a *sql.DB, a *sql.Conn or a
+// *sql.Tx, opened with any PostgreSQL driver for database/sql.
+type DB interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// beginner is implemented by the handles that can open a transaction of their
+// own (*sql.DB and *sql.Conn, not *sql.Tx).
+type beginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// Option configures New and Open.
+type Option func(*config)
+
+type config struct {
+	table string
+}
+
+// Table sets the lock table, optionally schema-qualified ("app.locks"). The
+// default is dlock_locks. The name is used exactly as written (it is quoted,
+// so it is case-sensitive); see migrations.ParseTable for the names
+// accepted. A name that cannot be used makes New and Open return an error
+// matching locker.ErrInvalidOption. Create the table with
+// migrations.Up(ctx, db, migrations.Table(name)).
+func Table(name string) Option {
+	return func(c *config) { c.table = name }
+}
+
+// Locker is a [locker.Locker] and [locker.Purger] on a PostgreSQL table. It is
+// safe for concurrent use.
+type Locker struct {
+	db     DB
+	begin  beginner // nil when db is a caller's transaction
+	q      *dbsqlc.Queries
+	rw     *rewriter // nil for the default table
+	closer io.Closer // the private pool of Open
+}
+
+// New returns a Locker that runs its statements on db, a *sql.DB, *sql.Conn
+// or *sql.Tx. db is used as is: New opens nothing, checks nothing on the
+// server and changes no session setting. With a *sql.Tx every statement runs
+// inside that transaction (see the package documentation).
+//
+// New returns an error matching locker.ErrInvalidOption for a nil db or a
+// table name that cannot be used.
+func New(db DB, opts ...Option) (*Locker, error) {
+	if isNil(db) {
+		return nil, fmt.Errorf("%w: pglocker: nil database handle", locker.ErrInvalidOption)
+	}
+	cfg := config{table: migrations.DefaultTable}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	names, err := migrations.ParseTable(cfg.table)
+	if err != nil {
+		return nil, fmt.Errorf("pglocker: %w", err)
+	}
+	l := &Locker{db: db, q: dbsqlc.New()}
+	if b, ok := db.(beginner); ok {
+		l.begin = b
+	}
+	if !names.IsDefault() {
+		l.rw = &rewriter{names: names}
+	}
+	return l, nil
+}
+
+// Open opens a private connection pool with lib/pq for the PostgreSQL URL or
+// key=value connection string dsn, and returns a Locker on it; Close closes
+// the pool. No connection is made until the first call. Open returns an error
+// matching locker.ErrInvalidOption for a bad option.
+func Open(dsn string, opts ...Option) (*Locker, error) {
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pglocker: open: %w", err)
+	}
+	l, err := New(db, opts...)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	l.closer = db
+	return l, nil
+}
+
+// Close closes the connection pool that Open opened, waiting for statements in
+// progress. On a Locker from New it does nothing: the caller's handle is the
+// caller's to close. It returns the pool's close error, if any.
+func (l *Locker) Close() error {
+	if l.closer == nil {
+		return nil
+	}
+	if err := l.closer.Close(); err != nil {
+		return fmt.Errorf("pglocker: close: %w", err)
+	}
+	return nil
+}
+
+// Acquire makes one attempt to take key for owner for ttl. It succeeds if key
+// is free or its lease has expired by the server's clock, and returns the new
+// fencing token with Validity equal to ttl.
+//
+// It returns an error matching locker.ErrNotObtained when a live lease is
+// held or a concurrent acquirer won the race, locker.ErrInvalidKey or
+// locker.ErrInvalidOption for bad arguments (before any I/O), and a wrapped
+// database error (matching ctx's error when ctx ended) otherwise.
+func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Duration) (locker.Lease, error) {
+	const op = "acquire"
+	if err := locker.CheckArgs(key, owner, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Lease{}, interpretError(ctx, op, err)
+	}
+	arg := dbsqlc.AcquireParams{Key: key, Owner: owner, TtlMs: millis(ttl)}
+	var token int64
+	var err error
+	if l.begin == nil {
+		token, err = l.q.Acquire(ctx, l.wrap(l.db), arg)
+	} else {
+		token, err = l.acquireTx(ctx, arg)
+	}
+	if err != nil {
+		return locker.Lease{}, interpretError(ctx, op, err)
+	}
+	return locker.Lease{Token: token, Validity: ttl}, nil
+}
+
+// acquireTx runs the acquire statement in a REPEATABLE READ transaction of
+// its own, so that a row changed by a concurrent acquirer after the
+// statement's snapshot is a serialization failure rather than a second grant.
+// The isolation level is a property of this transaction only.
+func (l *Locker) acquireTx(ctx context.Context, arg dbsqlc.AcquireParams) (int64, error) {
+	tx, err := l.begin.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	if err != nil {
+		return 0, err
+	}
+	token, err := l.q.Acquire(ctx, l.wrap(tx), arg)
+	if err != nil {
+		_ = tx.Rollback()
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, err
+	}
+	return token, nil
+}
+
+// Refresh extends owner's live lease on key to ttl from now (server clock),
+// keeping its token, and returns the lease with Validity equal to ttl.
+//
+// It returns an error matching locker.ErrNotHeld when owner holds no live
+// lease on key (never acquired, released, expired or taken over),
+// locker.ErrInvalidKey or locker.ErrInvalidOption for bad arguments, and a
+// wrapped database error otherwise.
+func (l *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Duration) (locker.Lease, error) {
+	const op = "refresh"
+	if err := locker.CheckArgs(key, owner, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Lease{}, interpretError(ctx, op, err)
+	}
+	token, err := l.q.Refresh(ctx, l.wrap(l.db), dbsqlc.RefreshParams{Key: key, Owner: owner, TtlMs: millis(ttl)})
+	if err != nil {
+		return locker.Lease{}, interpretError(ctx, op, err)
+	}
+	return locker.Lease{Token: token, Validity: ttl}, nil
+}
+
+// Release deletes owner's row for key. It returns nil if owner's lease was
+// live, and an error matching locker.ErrNotHeld if owner had no row or only
+// an expired one (which is deleted all the same). Another owner's row is
+// never touched. Bad arguments yield locker.ErrInvalidKey or
+// locker.ErrInvalidOption, anything else a wrapped database error.
+func (l *Locker) Release(ctx context.Context, key, owner string) error {
+	const op = "release"
+	if err := locker.CheckOwner(key, owner); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return interpretError(ctx, op, err)
+	}
+	live, err := l.q.Release(ctx, l.wrap(l.db), dbsqlc.ReleaseParams{Key: key, Owner: owner})
+	if err != nil {
+		return interpretError(ctx, op, err)
+	}
+	if !live {
+		return fmt.Errorf("pglocker: release: lease had expired: %w", locker.ErrNotHeld)
+	}
+	return nil
+}
+
+// Inspect reports the live holder of key with its token and remaining TTL by
+// the server's clock. A free or expired key yields Info{Key: key} and a nil
+// error. It returns locker.ErrInvalidKey for a bad key and a wrapped database
+// error otherwise.
+func (l *Locker) Inspect(ctx context.Context, key string) (locker.Info, error) {
+	const op = "inspect"
+	if err := locker.ValidateKey(key); err != nil {
+		return locker.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Info{}, interpretError(ctx, op, err)
+	}
+	row, err := l.q.Inspect(ctx, l.wrap(l.db), key)
+	if errors.Is(err, sql.ErrNoRows) {
+		return locker.Info{Key: key}, nil
+	}
+	if err != nil {
+		return locker.Info{}, interpretError(ctx, op, err)
+	}
+	return locker.Info{
+		Key:   key,
+		Owner: row.Owner,
+		Token: row.Token,
+		TTL:   time.Duration(row.TtlUs) * time.Microsecond,
+	}, nil
+}
+
+// Purge deletes the rows of leases that expired at least olderThan ago (by
+// the server's clock) and returns how many it deleted. Live leases are never
+// touched and tokens are not reset. A negative olderThan yields an error
+// matching locker.ErrInvalidOption; a failure, a wrapped database error.
+func (l *Locker) Purge(ctx context.Context, olderThan time.Duration) (int64, error) {
+	const op = "purge"
+	if olderThan < 0 {
+		return 0, fmt.Errorf("%w: pglocker: purge: negative age %v", locker.ErrInvalidOption, olderThan)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, interpretError(ctx, op, err)
+	}
+	n, err := l.q.Purge(ctx, l.wrap(l.db), millis(olderThan))
+	if err != nil {
+		return 0, interpretError(ctx, op, err)
+	}
+	return n, nil
+}
+
+// Fence guards a write made in the caller's transaction tx with the lease of
+// one acquisition, named by its key and fencing token (Lease.Token). It checks,
+// by the server's clock, that the lease is still live, and share-locks its
+// row until tx ends: until then the lease cannot be taken over, refreshed,
+// released or purged (those statements wait), so whatever tx writes and
+// commits was written while the lease was held. Call it first in tx, before
+// the guarded writes, and keep tx short, since a refresh of the lease waits
+// for it as well.
+//
+// Fence returns nil when the lease is live, an error matching
+// locker.ErrNotHeld when it has ended (expired, released, taken over), and
+// locker.ErrNotObtained when tx runs at REPEATABLE READ or above and the row
+// changed after tx's snapshot was taken (retry the transaction). Bad
+// arguments yield locker.ErrInvalidKey or locker.ErrInvalidOption; any
+// other failure a wrapped database error. After an error, roll tx back.
+func (l *Locker) Fence(ctx context.Context, tx *sql.Tx, key string, token int64) error {
+	const op = "fence"
+	if err := locker.ValidateKey(key); err != nil {
+		return err
+	}
+	if tx == nil {
+		return fmt.Errorf("%w: pglocker: fence: nil transaction", locker.ErrInvalidOption)
+	}
+	if err := ctx.Err(); err != nil {
+		return interpretError(ctx, op, err)
+	}
+	if _, err := l.q.Fence(ctx, l.wrap(tx), dbsqlc.FenceParams{Key: key, Token: token}); err != nil {
+		return interpretError(ctx, op, err)
+	}
+	return nil
+}
+
+// millis converts d to whole milliseconds, rounding up, so that a lease the
+// server grants is never shorter than the one the client trusts.
+func millis(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+func isNil(db DB) bool {
+	switch v := db.(type) {
+	case nil:
+		return true
+	case *sql.DB:
+		return v == nil
+	case *sql.Conn:
+		return v == nil
+	case *sql.Tx:
+		return v == nil
+	}
+	return false
+}
