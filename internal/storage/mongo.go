@@ -1,0 +1,8 @@
+package storage
+
+import "github.com/dlock-go/dlock/locker"
+
+// openMongo is replaced once the MongoDB driver is available.
+func openMongo(rawURL, collection string) (locker.Locker, func() error, error) {
+	return nil, nil, invalid("MongoDB storage is not available in this build (%s)", Redact(rawURL))
+}
