@@ -8,9 +8,15 @@
 -- statement is idempotent, so this file can be applied by the goose CLI and by
 -- the Go helper (each with its own version table) without conflict.
 
--- +goose Up
-CREATE SEQUENCE IF NOT EXISTS dlock_locks_token_seq AS bigint;
+-- (Statements are fenced with StatementBegin/End so that goose does not look
+-- for semicolons and comment markers inside quoted table names.)
 
+-- +goose Up
+-- +goose StatementBegin
+CREATE SEQUENCE IF NOT EXISTS dlock_locks_token_seq AS bigint;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
 CREATE TABLE IF NOT EXISTS dlock_locks (
     key         text        PRIMARY KEY,
     owner       text        NOT NULL,
@@ -18,8 +24,13 @@ CREATE TABLE IF NOT EXISTS dlock_locks (
     acquired_at timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz NOT NULL
 );
+-- +goose StatementEnd
 
 -- +goose Down
+-- +goose StatementBegin
 DROP TABLE IF EXISTS dlock_locks;
+-- +goose StatementEnd
 
+-- +goose StatementBegin
 DROP SEQUENCE IF EXISTS dlock_locks_token_seq;
+-- +goose StatementEnd

@@ -130,7 +130,7 @@ func TestUpDownUp(t *testing.T) {
 	t.Parallel()
 	url, schema := testutil.PostgresSchema(t)
 	db := openDB(t, url)
-	for _, table := range []string{"updown", "Up Down;x", "ünï-cödé"} {
+	for _, table := range []string{"updown", "Up Down;x", "ünï-cödé", "a -- b /* c"} {
 		t.Run(table, func(t *testing.T) {
 			ctx := context.Background()
 			name := schema + "." + table

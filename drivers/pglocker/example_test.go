@@ -1,0 +1,79 @@
+package pglocker_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log"
+	"time"
+
+	"github.com/dlock-go/dlock/drivers/pglocker"
+	"github.com/dlock-go/dlock/locker"
+	"github.com/dlock-go/dlock/migrations"
+)
+
+// A service creates the lock table at start-up and hands its own pool to the
+// driver.
+func Example() {
+	ctx := context.Background()
+	db, err := sql.Open("postgres", "postgres://app@localhost/app?sslmode=disable")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	if err := migrations.Up(ctx, db); err != nil {
+		log.Fatal(err)
+	}
+	pg, err := pglocker.New(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	lease, err := pg.Acquire(ctx, "nightly-report", "worker-1", 30*time.Second)
+	if errors.Is(err, locker.ErrNotObtained) {
+		return // another worker has it
+	} else if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("got it with fencing token %d", lease.Token)
+	if err := pg.Release(ctx, "nightly-report", "worker-1"); err != nil {
+		log.Print(err)
+	}
+}
+
+// A write guarded by Fence commits only while the lease is held: a holder
+// whose lease ran out (a long GC pause, a slow job) gets ErrNotHeld and its
+// transaction is rolled back, so it cannot overwrite the new holder's work.
+func ExampleLocker_Fence() {
+	ctx := context.Background()
+	db, err := sql.Open("postgres", "postgres://app@localhost/app?sslmode=disable")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	pg, err := pglocker.New(db, pglocker.Table("app.locks"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	lease, err := pg.Acquire(ctx, "invoice-42", "worker-1", 10*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ... work that may outlive the lease ...
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tx.Rollback()
+	if err := pg.Fence(ctx, tx, "invoice-42", lease.Token); errors.Is(err, locker.ErrNotHeld) {
+		log.Print("lease lost: not writing")
+		return
+	} else if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE invoices SET state = 'sent' WHERE id = 42`); err != nil {
+		log.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil { // no takeover could happen before this
+		log.Fatal(err)
+	}
+}
