@@ -94,7 +94,9 @@ var redisPrefix struct {
 // RedisPrefix returns the Redis key prefix of this test run: random, made
 // once per process and published in $DLOCK_TEST_REDIS_PREFIX, which child
 // processes inherit and reuse. owned reports whether this process made it
-// (and so should clean it up, see [CleanRedisPrefix]).
+// (and so should clean it up, see [CleanRedisPrefix]). Call it from TestMain
+// before m.Run: a test that starts child processes before anything asked
+// for the prefix would otherwise give each child a prefix of its own.
 func RedisPrefix() (prefix string, owned bool) {
 	redisPrefix.once.Do(func() {
 		if v := os.Getenv(RedisPrefixEnv); v != "" {

@@ -129,7 +129,7 @@ func (l *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Durati
 // every node it can reach, returns nil when a quorum still held it, and
 // returns a backend error when too many nodes failed to tell.
 func (l *Locker) Release(ctx context.Context, key, owner string) error {
-	if err := locker.CheckArgs(key, owner, 0); err != nil {
+	if err := locker.CheckOwner(key, owner); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {

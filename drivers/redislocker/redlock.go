@@ -131,35 +131,114 @@ func positive(r reply) bool {
 	return err == nil && n > 0
 }
 
+// Node states during a Redlock acquisition.
+const (
+	nodeUnknown = iota // error, abandoned, or not asked yet
+	nodeGranted        // granted to this owner
+	nodeHeld           // held by a live lease of another owner (or this one's own)
+)
+
+// maxSplitRetries bounds the rounds a split-vote leader spends collecting
+// the nodes the other contenders release; splitBudget bounds their time as
+// a fraction of the TTL.
+const (
+	maxSplitRetries = 8
+	splitBudget     = 4 // at most TTL/splitBudget
+)
+
 // acquireRedlock runs the Redlock acquisition: acquire.lua on every node at
-// once, bounded by the lease's own end; with a quorum of grants, the
+// once, bounded by the lease's own end. With a quorum of grants, the
 // highest token becomes the lease's token, and if the grants disagree,
 // fence.lua gives it to every granting node and raises their counters (a
 // quorum must confirm). The validity is ttl less the time since the first
 // request left and the drift allowance; without a quorum or validity, the
-// attempt is released on every node.
+// attempt is released on every node that may have granted it.
+//
+// Split votes: when contenders split the nodes so that none has a quorum,
+// the one holding the lowest-numbered node that answered is the leader: it
+// keeps its grants and asks again, for a short while, for the nodes the
+// others release, while the others give up. So a race for a free key has a
+// winner, as on a single server. Only liveness depends on this; safety
+// rests on the quorum alone.
 func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
 	ttl := time.Duration(ms) * time.Millisecond
 	start := time.Now() // monotonic: taken before the first request leaves
 	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
 	defer cancel()
 
-	rs := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), acquireScript, lk, lk+":token", owner, ms)
+	n := len(l.nodes)
+	state := make([]int8, n)
+	tokens := make([]int64, n)
+	var asked []reply // every reply, for cleanup and error reports
+	record := func(rs []reply) {
+		for _, r := range rs {
+			asked = append(asked, r)
+			t, err := redis.Int64(r.v, r.err)
+			switch {
+			case err != nil:
+				if state[r.node] != nodeGranted {
+					state[r.node] = nodeUnknown
+				}
+			case t > 0:
+				state[r.node], tokens[r.node] = nodeGranted, t
+			default:
+				state[r.node] = nodeHeld
+			}
+		}
+	}
+	count := func(s int8) int {
+		c := 0
+		for _, x := range state {
+			if x == s {
+				c++
+			}
+		}
+		return c
+	}
+
+	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), acquireScript, lk, lk+":token", owner, ms)
+	record(first)
+	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state) {
+		round := time.Since(start)
+		for try := 0; try < maxSplitRetries && count(nodeGranted) < l.quorum; try++ {
+			wait := max(round, 200*time.Microsecond) << min(try, 3)
+			if time.Since(start)+wait > ttl/splitBudget {
+				break
+			}
+			if !sleep(dctx, wait) {
+				break
+			}
+			var held []int
+			for i, x := range state {
+				if x == nodeHeld {
+					held = append(held, i)
+				}
+			}
+			need := l.quorum - count(nodeGranted)
+			record(l.fanout(dctx, held, func(rs []reply) bool {
+				ok := 0
+				for _, r := range rs {
+					if positive(r) {
+						ok++
+					}
+				}
+				return ok >= need || len(rs)-ok > len(held)-need
+			}, acquireScript, lk, lk+":token", owner, ms))
+		}
+	}
+
 	var granted []int
 	var token int64
 	agree := true
-	for _, r := range rs {
-		if !positive(r) {
+	for i, x := range state {
+		if x != nodeGranted {
 			continue
 		}
-		t, _ := redis.Int64(r.v, nil)
-		if len(granted) > 0 && t != token {
+		if len(granted) > 0 && tokens[i] != token {
 			agree = false
 		}
-		if t > token {
-			token = t
-		}
-		granted = append(granted, r.node)
+		token = max(token, tokens[i])
+		granted = append(granted, i)
 	}
 	fenceErr := error(nil)
 	if len(granted) >= l.quorum && !agree {
@@ -182,10 +261,12 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	}
 
 	// Release wherever the attempt may have taken the key: every node but
-	// those that plainly answered "held by someone else".
+	// those that plainly answered "held by someone else" every time.
 	var dirty []Pool
-	for _, r := range rs {
-		if n, err := redis.Int64(r.v, r.err); err != nil || n != 0 {
+	seen := make([]bool, n)
+	for _, r := range asked {
+		if t, err := redis.Int64(r.v, r.err); (err != nil || t != 0) && !seen[r.node] {
+			seen[r.node] = true
 			dirty = append(dirty, l.nodes[r.node])
 		}
 	}
@@ -195,8 +276,8 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	switch {
 	case ctx.Err() != nil:
 		return locker.Lease{}, notObtainedCtx(ctx)
-	case countErrors(rs) >= l.quorum:
-		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %d of %d nodes failed: %w", countErrors(rs), len(l.nodes), nodeErrors(rs))
+	case countErrors(first) >= l.quorum:
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %d of %d nodes failed: %w", countErrors(first), n, nodeErrors(first))
 	case fenceErr != nil:
 		return locker.Lease{}, fmt.Errorf("redislocker: acquire: fencing the token on a quorum failed: %w", fenceErr)
 	case len(granted) >= l.quorum:
@@ -204,6 +285,31 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 			elapsed.Round(time.Microsecond), ttl, locker.ErrNotObtained)
 	}
 	return locker.Lease{}, locker.ErrNotObtained
+}
+
+// splitLeader reports whether this attempt holds the lowest-numbered node
+// that answered (granted or held), which makes it the one contender that
+// keeps trying after a split vote. A node grants one owner at a time, so at
+// most one contender is leader unless nodes fail.
+func (l *Locker) splitLeader(state []int8) bool {
+	for _, x := range state {
+		if x != nodeUnknown {
+			return x == nodeGranted
+		}
+	}
+	return false
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // refreshRedlock extends owner's lease on every node at once; it needs a
