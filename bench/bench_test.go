@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock/testutil"
+)
+
+// smokeEnv is the environment of the smoke tests: the fixtures' servers,
+// short leases (a stuck lock frees itself quickly) and the default polling.
+func smokeEnv(t *testing.T) env {
+	t.Helper()
+	e := defaultEnv()
+	e.TTL = 5 * time.Second
+	e.Conns = 8
+	return e
+}
+
+// openOrAbsent opens s, or ends the test as the fixtures do for a backend
+// that is not there.
+func openOrAbsent(t *testing.T, s subject, e *env) *client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := s.open(ctx, e)
+	if err != nil {
+		testutil.Absent(t, s.Backend, err.Error())
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+// TestWorkloadsHoldMutualExclusion runs every workload briefly on every
+// subject whose server answers: each must complete operations without
+// errors, and the contended one must see no overlap.
+func TestWorkloadsHoldMutualExclusion(t *testing.T) {
+	e := smokeEnv(t)
+	const d = 150 * time.Millisecond
+	run := time.Now().UnixNano()
+	for _, s := range subjects() {
+		t.Run(slug(s.Backend)+"/"+slug(s.Name), func(t *testing.T) {
+			c := openOrAbsent(t, s, &e)
+			ctx := context.Background()
+			key := func(w string) string { return "smoke:" + slug(s.Name) + ":" + w + ":" + time.Unix(0, run).Format("150405.000000") }
+
+			u := runUncontended(ctx, c.newMutex, key(wUncontended), d)
+			if u.Ops == 0 || u.Errors > 0 || len(u.Acquire) != u.Ops || len(u.Pair) != u.Ops {
+				t.Errorf("uncontended: %d ops, %d acquire and %d pair samples, %d errors (first: %v)", u.Ops, len(u.Acquire), len(u.Pair), u.Errors, u.FirstErr)
+			}
+
+			p := runParallel(ctx, c.newMutex, key(wParallel), 4, d)
+			if p.Ops == 0 || p.Errors > 0 {
+				t.Errorf("parallel: %d ops, %d errors (first: %v)", p.Ops, p.Errors, p.FirstErr)
+			}
+
+			r := runContended(ctx, c.newMutex, key(wContended), 4, time.Millisecond, 2*d)
+			if r.Overlaps != 0 {
+				t.Errorf("contended: %d overlaps in %d critical sections", r.Overlaps, r.Ops)
+			}
+			if r.Ops < 2 || len(r.Handoff) == 0 || r.Errors > 0 {
+				t.Errorf("contended: %d critical sections, %d hand-offs, %d errors (first: %v)", r.Ops, len(r.Handoff), r.Errors, r.FirstErr)
+			}
+		})
+	}
+}
+
+// TestOverlapIsCounted checks the occupancy counter itself, with a "lock"
+// that excludes nobody.
+func TestOverlapIsCounted(t *testing.T) {
+	r := runContended(context.Background(), func(string) mutex { return noLock{} }, "k", 4, 2*time.Millisecond, 50*time.Millisecond)
+	if r.Overlaps == 0 {
+		t.Fatalf("no overlap counted in %d critical sections of a lock that excludes nobody", r.Ops)
+	}
+}
+
+type noLock struct{}
+
+func (noLock) Lock(context.Context) error   { return nil }
+func (noLock) Unlock(context.Context) error { return nil }
+
+// TestReportFromOneRun runs the program's whole path (open, warm up, rounds,
+// report) on the floors whose servers answer and checks the report's shape.
+func TestReportFromOneRun(t *testing.T) {
+	e := smokeEnv(t)
+	cfg := config{
+		Rounds: 2, Duration: 50 * time.Millisecond, Warmup: 10 * time.Millisecond,
+		Parallel: 4, Contenders: 3, Hold: time.Millisecond,
+		Only:      regexp.MustCompile(`^(PostgreSQL|Redis)/`),
+		Workloads: map[string]bool{wUncontended: true, wParallel: true, wContended: true},
+		Env:       e,
+	}
+	var log bytes.Buffer
+	rep := run(context.Background(), &cfg, &log)
+	if len(rep.subjects) == 0 {
+		testutil.Absent(t, "PostgreSQL and Redis", strings.Join(rep.skipped, "; "))
+	}
+	rep.Command = "test"
+	var out bytes.Buffer
+	if err := rep.write(&out); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	for _, want := range []string{"# dlock benchmark results", "## Summary", "## Uncontended", "## 4 goroutines, a key each", "## 3 goroutines on one key", "## Settings", "nproc"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("report lacks %q:\n%s", want, text)
+		}
+	}
+	for _, s := range rep.subjects {
+		if !strings.Contains(text, "| "+s.Name+" |") {
+			t.Errorf("report has no row for %s:\n%s", s.Name, text)
+		}
+	}
+	if n := rep.overlaps(); n != 0 {
+		t.Errorf("%d overlaps", n)
+	}
+	if t.Failed() {
+		t.Logf("progress:\n%s", log.String())
+	}
+}

@@ -1,0 +1,438 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"go.mongodb.org/mongo-driver/v2/bson"
+)
+
+// report gathers the results of a run and writes them as Markdown.
+type report struct {
+	Command  string
+	Date     time.Time
+	cfg      *config
+	subjects []subject
+	skipped  []string
+	servers  []string
+	res      map[string]map[string][]*result // subject name → workload → by round
+	load     string
+}
+
+func newReport(cfg *config) *report {
+	r := &report{Date: time.Now().UTC(), cfg: cfg, res: map[string]map[string][]*result{}}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		r.load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return r
+}
+
+func (r *report) add(s subject) {
+	r.subjects = append(r.subjects, s)
+	r.res[s.Name] = map[string][]*result{}
+}
+
+func (r *report) skip(s subject, err error) {
+	r.skipped = append(r.skipped, fmt.Sprintf("%s / %s: %v", s.Backend, s.Name, err))
+}
+
+func (r *report) record(s subject, w string, round int, res *result) {
+	rs := r.res[s.Name][w]
+	for len(rs) <= round {
+		rs = append(rs, nil)
+	}
+	rs[round] = res
+	r.res[s.Name][w] = rs
+}
+
+func (r *report) overlaps() int64 {
+	var n int64
+	for _, ws := range r.res {
+		for _, rs := range ws {
+			for _, x := range rs {
+				if x != nil {
+					n += x.Overlaps
+				}
+			}
+		}
+	}
+	return n
+}
+
+// versions asks each kind of server for its version, through the first
+// opened subject of that backend's kind.
+func (r *report) versions(ctx context.Context, e *env, subs []opened) {
+	have := map[string]bool{}
+	for _, s := range subs {
+		have[s.Backend] = true
+	}
+	if have[bPostgres] {
+		if db, err := openPGDB(ctx, e); err == nil {
+			var v string
+			if err := db.QueryRowContext(ctx, "SHOW server_version").Scan(&v); err == nil {
+				var sc string
+				_ = db.QueryRowContext(ctx, "SHOW synchronous_commit").Scan(&sc)
+				r.servers = append(r.servers, fmt.Sprintf("PostgreSQL %s (synchronous_commit=%s) at %s", v, sc, redactURL(e.PostgresURL)))
+			}
+			db.Close()
+		}
+	}
+	redisVersion := func(url string) string {
+		c, err := redis.DialURLContext(ctx, url)
+		if err != nil {
+			return "?"
+		}
+		defer c.Close()
+		info, err := redis.String(c.Do("INFO", "server"))
+		if err != nil {
+			return "?"
+		}
+		for _, line := range strings.Split(info, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+				return v
+			}
+		}
+		return "?"
+	}
+	if have[bRedis] {
+		r.servers = append(r.servers, fmt.Sprintf("Redis %s at %s", redisVersion(e.RedisURL), redactURL(e.RedisURL)))
+	}
+	if have[bRedlock] {
+		var vs []string
+		for _, u := range e.RedlockURLs[:3] {
+			vs = append(vs, fmt.Sprintf("%s at %s", redisVersion(u), redactURL(u)))
+		}
+		r.servers = append(r.servers, "Redlock: Redis "+strings.Join(vs, ", "))
+	}
+	if have[bMongo] {
+		if mc, err := openMongo(ctx, e); err == nil {
+			var doc bson.M
+			if err := mc.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&doc); err == nil {
+				s := fmt.Sprintf("MongoDB wire protocol %v", doc["version"])
+				if fv, ok := doc["ferretdbVersion"]; ok {
+					s = fmt.Sprintf("FerretDB %v (MongoDB %v)", fv, doc["version"])
+				}
+				r.servers = append(r.servers, s+" at "+redactURL(e.MongoURL))
+			}
+			_ = mc.Disconnect(context.WithoutCancel(ctx))
+		}
+	}
+}
+
+func redactURL(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		if j := strings.Index(u[i+3:], "@"); j >= 0 {
+			return u[:i+3] + "…@" + u[i+3+j+1:]
+		}
+	}
+	return u
+}
+
+// --- figures across rounds ---
+
+// across computes f for every round that has a result and returns the spread.
+func (r *report) across(name, w string, f func(*result) (float64, bool)) spread {
+	var xs []float64
+	for _, x := range r.res[name][w] {
+		if x == nil {
+			continue
+		}
+		if v, ok := f(x); ok {
+			xs = append(xs, v)
+		}
+	}
+	return spreadOf(xs)
+}
+
+// vsFloor computes f(subject's result, floor's result of the same round) for
+// every round and returns the spread.
+func (r *report) vsFloor(s subject, w string, f func(x, floor *result) (float64, bool)) spread {
+	fl := r.floorOf(s.Backend)
+	if fl == "" {
+		return spread{}
+	}
+	var xs []float64
+	mine, theirs := r.res[s.Name][w], r.res[fl][w]
+	for i := range min(len(mine), len(theirs)) {
+		if mine[i] == nil || theirs[i] == nil {
+			continue
+		}
+		if v, ok := f(mine[i], theirs[i]); ok {
+			xs = append(xs, v)
+		}
+	}
+	return spreadOf(xs)
+}
+
+func (r *report) floorOf(backend string) string {
+	for _, s := range r.subjects {
+		if s.Backend == backend && s.Kind == kFloor {
+			return s.Name
+		}
+	}
+	return ""
+}
+
+func opsRate(x *result) (float64, bool) { return x.opsPerSec(), x.Ops > 0 }
+
+// timeRatio is how many times longer than the floor one operation takes
+// (the inverse ratio of throughputs).
+func timeRatio(x, fl *result) (float64, bool) {
+	if x.Ops == 0 || fl.Ops == 0 {
+		return 0, false
+	}
+	return fl.opsPerSec() / x.opsPerSec(), true
+}
+
+func pct(p float64, get func(*result) []time.Duration) func(*result) (float64, bool) {
+	return func(x *result) (float64, bool) {
+		d := get(x)
+		return ms(percentile(d, p)), len(d) > 0
+	}
+}
+
+func acquireOf(x *result) []time.Duration { return x.Acquire }
+func pairOf(x *result) []time.Duration    { return x.Pair }
+func handoffOf(x *result) []time.Duration { return x.Handoff }
+
+// --- formatting ---
+
+// f formats a spread as "median [min–max]" with the given precision.
+func f(s spread, prec int) string {
+	if !s.ok() {
+		return "–"
+	}
+	if s.N == 1 || s.Min == s.Max {
+		return fmt.Sprintf("%.*f", prec, s.Med)
+	}
+	return fmt.Sprintf("%.*f [%.*f–%.*f]", prec, s.Med, prec, s.Min, prec, s.Max)
+}
+
+// fm formats only the median.
+func fm(s spread, prec int) string {
+	if !s.ok() {
+		return "–"
+	}
+	return fmt.Sprintf("%.*f", prec, s.Med)
+}
+
+func (r *report) write(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	p := func(format string, args ...any) { fmt.Fprintf(bw, format, args...) }
+	cfg := r.cfg
+
+	p("# dlock benchmark results\n\n")
+	p("Written by the program in `bench/` from one run; do not edit by hand.\n\n")
+	p("- Command: `%s`\n", r.Command)
+	p("- Date: %s\n", r.Date.Format("2006-01-02 15:04 MST"))
+	p("- Machine: %s, nproc %d, GOMAXPROCS %d, %s/%s, %s", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	if r.load != "" {
+		p(", load average at start %s", r.load)
+	}
+	p("\n")
+	if rev := dlockRevision(); rev != "" {
+		p("- dlock: %s\n", rev)
+	}
+	p("- Libraries: %s\n", libraryVersions())
+	for _, s := range r.servers {
+		p("- Server: %s\n", s)
+	}
+	p("- Method: %d round(s); in each, every workload runs for %v per subject, subjects interleaved (their order rotates every round). Figures are the median over rounds, with [min–max] across rounds. Ratios are taken within each round against the floor of the same backend, then summarised the same way. Lease %v for every library; pools of %d connections per subject.\n",
+		cfg.Rounds, cfg.Duration, cfg.Env.TTL, cfg.Env.Conns)
+	for _, s := range r.skipped {
+		p("- Not measured: %s\n", s)
+	}
+
+	if cfg.Workloads[wUncontended] || cfg.Workloads[wParallel] || cfg.Workloads[wContended] {
+		p("\n## Summary\n\n")
+		p("Time per lock+unlock as a multiple of the raw floor's in the same round (1.00 = as fast as the floor; lower is better), and the contended workload's critical sections per second (higher is better; at most ≈ 1/%v) with its hand-off p50.\n\n", cfg.Hold)
+		p("| Backend | Library | uncontended × floor | %d goroutines × floor | contended CS/s | hand-off p50 (ms) | overlaps |\n", cfg.Parallel)
+		p("|---|---|---:|---:|---:|---:|---:|\n")
+		for _, s := range r.subjects {
+			p("| %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+				fm(r.vsFloor(s, wUncontended, timeRatio), 2),
+				fm(r.vsFloor(s, wParallel, timeRatio), 2),
+				fm(r.across(s.Name, wContended, opsRate), 0),
+				fm(r.across(s.Name, wContended, pct(.5, handoffOf)), 3),
+				r.overlapCount(s.Name))
+		}
+	}
+
+	if cfg.Workloads[wUncontended] {
+		p("\n## Uncontended: lock+unlock on one goroutine\n\n")
+		p("Latencies in milliseconds. *acquire* is the lock call alone; *lock+unlock* the pair. Allocations are the whole process's heap allocations per pair.\n\n")
+		p("| Backend | Library | acquire p50 | lock+unlock p50 | lock+unlock p99 | ops/s | × floor | allocs/op | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, s := range r.subjects {
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+				f(r.across(s.Name, wUncontended, pct(.5, acquireOf)), 3),
+				f(r.across(s.Name, wUncontended, pct(.5, pairOf)), 3),
+				f(r.across(s.Name, wUncontended, pct(.99, pairOf)), 3),
+				f(r.across(s.Name, wUncontended, opsRate), 0),
+				f(r.vsFloor(s, wUncontended, timeRatio), 2),
+				fm(r.across(s.Name, wUncontended, func(x *result) (float64, bool) { return x.Allocs, x.Ops > 0 }), 0),
+				r.errorCount(s.Name, wUncontended))
+		}
+	}
+
+	if cfg.Workloads[wParallel] {
+		p("\n## %d goroutines, a key each\n\n", cfg.Parallel)
+		p("| Backend | Library | ops/s | × floor (time per op) | errors |\n")
+		p("|---|---|---:|---:|---:|\n")
+		for _, s := range r.subjects {
+			p("| %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+				f(r.across(s.Name, wParallel, opsRate), 0),
+				f(r.vsFloor(s, wParallel, timeRatio), 2),
+				r.errorCount(s.Name, wParallel))
+		}
+	}
+
+	if cfg.Workloads[wContended] {
+		p("\n## %d goroutines on one key, %v critical section\n\n", cfg.Contenders, cfg.Hold)
+		p("*CS/s*: critical sections completed per second (`time.Sleep(%v)` itself takes longer than %v here, which caps it). *Hand-off*: from the moment the holder starts its unlock to the moment the next holder's lock call returns, in milliseconds; *÷ acquire* divides its p50 by the same library's uncontended acquire p50 of the same round. *Same holder*: share of acquisitions won by the goroutine that had just released. *Overlaps*: acquisitions that found another goroutine inside the critical section (must be 0).\n\n", cfg.Hold, cfg.Hold)
+		p("| Backend | Library | CS/s | hand-off p50 | hand-off p99 | ÷ acquire | same holder | overlaps | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, s := range r.subjects {
+			ratio := r.pairWith(s.Name, wContended, wUncontended, func(c, u *result) (float64, bool) {
+				a := percentile(u.Acquire, .5)
+				return float64(percentile(c.Handoff, .5)) / float64(a), len(c.Handoff) > 0 && a > 0
+			})
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+				f(r.across(s.Name, wContended, opsRate), 0),
+				f(r.across(s.Name, wContended, pct(.5, handoffOf)), 3),
+				f(r.across(s.Name, wContended, pct(.99, handoffOf)), 3),
+				f(ratio, 1),
+				fm(r.across(s.Name, wContended, func(x *result) (float64, bool) {
+					return 100 * float64(x.Same) / float64(x.Ops), x.Ops > 0
+				}), 0)+"%",
+				r.overlapCount(s.Name),
+				r.errorCount(s.Name, wContended))
+		}
+	}
+
+	p("\n## Settings\n\n")
+	p("Each library at its fastest sensible settings: polling waiters retry every %v ±50%% (`-poll`), dlock's every %v ±50%% (`-dlock-poll`).\n\n", cfg.Env.Poll, cfg.Env.DlockPoll)
+	for _, s := range r.subjects {
+		p("- **%s / %s** (%s): %s\n", s.Backend, s.Name, s.Kind, s.Settings)
+	}
+	if errs := r.firstErrors(); len(errs) > 0 {
+		p("\n## Errors\n\n")
+		for _, e := range errs {
+			p("- %s\n", e)
+		}
+	}
+	return bw.Flush()
+}
+
+// pairWith computes f over the results of workloads a and b of one round.
+func (r *report) pairWith(name, a, b string, fn func(x, y *result) (float64, bool)) spread {
+	var xs []float64
+	ra, rb := r.res[name][a], r.res[name][b]
+	for i := range min(len(ra), len(rb)) {
+		if ra[i] == nil || rb[i] == nil {
+			continue
+		}
+		if v, ok := fn(ra[i], rb[i]); ok {
+			xs = append(xs, v)
+		}
+	}
+	return spreadOf(xs)
+}
+
+func (r *report) overlapCount(name string) string {
+	rs := r.res[name][wContended]
+	if len(rs) == 0 {
+		return "–"
+	}
+	var n int64
+	for _, x := range rs {
+		if x != nil {
+			n += x.Overlaps
+		}
+	}
+	return fmt.Sprint(n)
+}
+
+func (r *report) errorCount(name, w string) string {
+	var n int64
+	for _, x := range r.res[name][w] {
+		if x != nil {
+			n += x.Errors
+		}
+	}
+	return fmt.Sprint(n)
+}
+
+func (r *report) firstErrors() []string {
+	var out []string
+	for _, s := range r.subjects {
+		for _, w := range workloads {
+			for i, x := range r.res[s.Name][w] {
+				if x != nil && x.FirstErr != nil {
+					out = append(out, fmt.Sprintf("%s / %s, %s, round %d: %d errors, first: %v", s.Backend, s.Name, w, i+1, x.Errors, x.FirstErr))
+					break
+				}
+			}
+		}
+	}
+	return out
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+// libraryVersions lists the versions of the measured modules, from the
+// build information.
+func libraryVersions() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	want := []string{
+		"github.com/go-redsync/redsync/v4", "github.com/bsm/redislock", "cirello.io/pglock",
+		"github.com/gomodule/redigo", "github.com/redis/go-redis/v9", "github.com/lib/pq",
+		"go.mongodb.org/mongo-driver/v2",
+	}
+	var out []string
+	for _, path := range want {
+		for _, d := range bi.Deps {
+			if d.Path == path {
+				out = append(out, path+" "+d.Version)
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// dlockRevision describes the working tree measured: its commit, and
+// whether it had uncommitted changes.
+func dlockRevision() string {
+	out, err := exec.Command("git", "-C", "..", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	rev := "commit " + strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", "..", "status", "--porcelain", "--untracked-files=no", "--", "locker", "drivers").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		rev += " with uncommitted changes in locker/ or drivers/"
+	}
+	return rev + " (working tree, through the replace directive)"
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// mutex is one client's handle on one key, the shape every library is
+// adapted to. Lock waits, by the library's own retry policy, until the key
+// is held or ctx ends; Unlock releases it.
+type mutex interface {
+	Lock(ctx context.Context) error
+	Unlock(ctx context.Context) error
+}
+
+// workload names, in the order they run and are reported.
+const (
+	wUncontended = "uncontended"
+	wParallel    = "parallel"
+	wContended   = "contended"
+)
+
+var workloads = []string{wUncontended, wParallel, wContended}
+
+// result is what one workload measured for one subject in one round.
+type result struct {
+	Ops      int           // lock+unlock pairs (critical sections when contended)
+	Elapsed  time.Duration // wall time of the measurement
+	Acquire  []time.Duration
+	Pair     []time.Duration // lock+unlock, uncontended only
+	Handoff  []time.Duration // release started → next acquisition, contended only
+	Same     int             // contended: acquisitions by the previous holder
+	Overlaps int64           // acquisitions that found the section occupied
+	Errors   int64
+	FirstErr error
+	Allocs   float64 // heap allocations per lock+unlock, uncontended only
+}
+
+func (r *result) opsPerSec() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Ops) / r.Elapsed.Seconds()
+}
+
+// errLog counts failures and keeps the first.
+type errLog struct {
+	mu    sync.Mutex
+	n     int64
+	first error
+}
+
+func (e *errLog) add(op string, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n++
+	if e.first == nil {
+		e.first = fmt.Errorf("%s: %w", op, err)
+	}
+}
+
+// maxErrors ends a workload early when a backend keeps failing.
+const maxErrors = 100
+
+// opTimeout bounds a single Unlock, and Lock in the workloads without
+// contention.
+const opTimeout = 10 * time.Second
+
+// runUncontended locks and unlocks one key on one goroutine for d.
+func runUncontended(ctx context.Context, newMutex func(string) mutex, key string, d time.Duration) result {
+	m := newMutex(key)
+	var r result
+	var errs errLog
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	end := start.Add(d)
+	for now := start; now.Before(end) && ctx.Err() == nil && errs.n < maxErrors; now = time.Now() {
+		lctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := m.Lock(lctx)
+		t1 := time.Now()
+		cancel()
+		if err != nil {
+			errs.add("lock", err)
+			continue
+		}
+		uctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err = m.Unlock(uctx)
+		t2 := time.Now()
+		cancel()
+		if err != nil {
+			errs.add("unlock", err)
+		}
+		r.Acquire = append(r.Acquire, t1.Sub(now))
+		r.Pair = append(r.Pair, t2.Sub(now))
+		r.Ops++
+	}
+	r.Elapsed = time.Since(start)
+	runtime.ReadMemStats(&after)
+	if r.Ops > 0 {
+		r.Allocs = float64(after.Mallocs-before.Mallocs) / float64(r.Ops)
+	}
+	r.Errors, r.FirstErr = errs.n, errs.first
+	return r
+}
+
+// runParallel runs n goroutines, each locking and unlocking a key of its
+// own, for d.
+func runParallel(ctx context.Context, newMutex func(string) mutex, key string, n int, d time.Duration) result {
+	var (
+		ops  atomic.Int64
+		errs errLog
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	end := start.Add(d)
+	for g := range n {
+		m := newMutex(fmt.Sprintf("%s-%d", key, g))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && ctx.Err() == nil && errs.n < maxErrors {
+				lctx, cancel := context.WithTimeout(ctx, opTimeout)
+				err := m.Lock(lctx)
+				cancel()
+				if err != nil {
+					errs.add("lock", err)
+					continue
+				}
+				uctx, cancel := context.WithTimeout(ctx, opTimeout)
+				if err := m.Unlock(uctx); err != nil {
+					errs.add("unlock", err)
+				}
+				cancel()
+				ops.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return result{Ops: int(ops.Load()), Elapsed: time.Since(start), Errors: errs.n, FirstErr: errs.first}
+}
+
+// runContended runs n goroutines that take turns on one key, each holding
+// it for hold. An occupancy counter checks mutual exclusion; the hand-off
+// latency is the time from the moment the holder starts releasing to the
+// moment the next holder's Lock returns.
+func runContended(ctx context.Context, newMutex func(string) mutex, key string, n int, hold, d time.Duration) result {
+	var (
+		occupancy   atomic.Int32
+		overlaps    atomic.Int64
+		lastRelease atomic.Int64 // ns since base; 0 before the first release
+		lastHolder  atomic.Int32
+		errs        errLog
+		wg          sync.WaitGroup
+		mu          sync.Mutex
+		r           result
+	)
+	base := time.Now()
+	since := func() int64 { return int64(time.Since(base)) + 1 }
+	deadline := base.Add(d)
+	// over reports the end of the measurement. A client may see the
+	// deadline pass (a socket timeout set from it) a moment before the
+	// context says so.
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	over := func() bool { return wctx.Err() != nil || !time.Now().Before(deadline) }
+	lastHolder.Store(-1)
+	for g := range n {
+		m := newMutex(key)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var handoff []time.Duration
+			var same, ops int
+			for !over() && errs.n < maxErrors {
+				err := m.Lock(wctx)
+				if err != nil {
+					if !over() {
+						errs.add("lock", err)
+					}
+					continue
+				}
+				acquired := since()
+				if occupancy.Add(1) != 1 {
+					overlaps.Add(1)
+				}
+				if prev := lastRelease.Load(); prev != 0 {
+					handoff = append(handoff, time.Duration(acquired-prev))
+				}
+				if lastHolder.Swap(int32(g)) == int32(g) {
+					same++
+				}
+				time.Sleep(hold)
+				occupancy.Add(-1)
+				lastRelease.Store(since())
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+				if err := m.Unlock(uctx); err != nil {
+					errs.add("unlock", err)
+				}
+				cancel()
+				ops++
+			}
+			mu.Lock()
+			r.Handoff = append(r.Handoff, handoff...)
+			r.Same += same
+			r.Ops += ops
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	r.Elapsed = time.Since(base)
+	r.Overlaps = overlaps.Load()
+	r.Errors, r.FirstErr = errs.n, errs.first
+	return r
+}
+
+// sleepCtx waits for d or until ctx ends, and reports ctx's error.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// errBusy is a floor's "held elsewhere".
+var errBusy = errors.New("held elsewhere")
