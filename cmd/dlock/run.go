@@ -38,7 +38,7 @@ dlock are forwarded to COMMAND, and dlock keeps waiting for it to exit.
 COMMAND runs in a process group of its own, so forwarded signals and the
 termination after a loss reach every process it started (sh -c 'a; b'
 included). Started in the foreground of a terminal, dlock instead leaves
-COMMAND in its own foreground process group, so that COMMAND can use the
+COMMAND in dlock's own (foreground) process group, so that COMMAND can use the
 terminal and job control works as with flock(1): the keyboard's Ctrl-C and
 Ctrl-\ then reach COMMAND directly and dlock does not forward SIGINT and
 SIGQUIT a second time; after a loss only COMMAND itself is signalled.
@@ -56,6 +56,8 @@ Flags:
   --grace DURATION   after a loss, time between SIGTERM and SIGKILL
                      (default 10s)
   -q, --quiet        no message when the lock is held elsewhere (exit 75)
+  -v, --verbose      report waiting, acquiring (with the token) and
+                     releasing on stderr
   --table NAME       PostgreSQL lock table (default dlock_locks)
   --prefix PREFIX    Redis key prefix (default distributed-locks)
   --collection NAME  MongoDB collection (default locks)
@@ -101,9 +103,11 @@ func runRun(env *environment, args []string) error {
 	ttl := flags.Duration("ttl", 30*time.Second, "lease length")
 	wait := flags.Duration("wait", 0, "how long to wait for the lock")
 	grace := flags.Duration("grace", 10*time.Second, "time between SIGTERM and SIGKILL after a loss")
-	var quiet bool
+	var quiet, verbose bool
 	flags.BoolVar(&quiet, "quiet", false, "no message when the lock is held elsewhere")
 	flags.BoolVar(&quiet, "q", false, "short for --quiet")
+	flags.BoolVar(&verbose, "verbose", false, "report waiting, acquiring and releasing on stderr")
+	flags.BoolVar(&verbose, "v", false, "short for --verbose")
 	if err := flags.Parse(args); err != nil {
 		return parseError(env, runCommand, err)
 	}
@@ -140,7 +144,7 @@ func runRun(env *environment, args []string) error {
 	}
 
 	r := &runner{
-		env: env, key: *key, ttl: *ttl, wait: *wait, grace: *grace, quiet: quiet,
+		env: env, key: *key, ttl: *ttl, wait: *wait, grace: *grace, quiet: quiet, verbose: verbose,
 		name: argv[0], path: path, args: argv,
 	}
 	return r.run(l)
@@ -151,7 +155,7 @@ type runner struct {
 	env               *environment
 	key               string
 	ttl, wait, grace  time.Duration
-	quiet             bool
+	quiet, verbose    bool
 	name, path        string
 	args              []string
 	mu                sync.Mutex
@@ -160,13 +164,29 @@ type runner struct {
 }
 
 func (r *runner) observe(e locker.Event) {
-	if e.Kind != locker.Contended {
-		return
+	switch e.Kind {
+	case locker.Contended:
+		r.mu.Lock()
+		r.lastAttemptErr = e.Err
+		r.attemptsCompleted++
+		r.mu.Unlock()
+		if r.verbose && e.Attempt == 1 && r.wait > 0 {
+			r.logf("lock %q is not free (%s); waiting up to %v", r.key, oneLine(cleanErr(e.Err)), r.wait)
+		}
+	case locker.Acquired:
+		if r.verbose {
+			r.logf("acquired lock %q, token %d, after %v", r.key, e.Token, e.Wait.Round(time.Millisecond))
+		}
+	case locker.Released:
+		if r.verbose && e.Err == nil {
+			r.logf("released lock %q after %v", r.key, e.Held.Round(time.Millisecond))
+		}
 	}
-	r.mu.Lock()
-	r.lastAttemptErr = e.Err
-	r.attemptsCompleted++
-	r.mu.Unlock()
+}
+
+// logf prints a progress line on stderr.
+func (r *runner) logf(format string, args ...any) {
+	fmt.Fprintf(r.env.stderr, "dlock run: "+format+"\n", args...)
 }
 
 func (r *runner) run(l locker.Locker) error {
