@@ -2,9 +2,9 @@ package redislocker_test
 
 import (
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
-	"reflect"
 	"testing"
 	"time"
 
