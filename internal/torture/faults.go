@@ -17,20 +17,29 @@ type killRecord struct {
 	keys []string
 }
 
-// injectFaults injects a random enabled fault every FaultEvery until ctx
-// ends. Faults run one at a time; each undoes itself before returning.
+// injectFaults injects the enabled faults until ctx ends, one about every
+// FaultEvery: in rounds, each fault once per round, the first round in the
+// order given and later ones in a random order, so that even a short run
+// sees every fault. Faults run one at a time; each
+// undoes itself before returning.
 func (r *runner) injectFaults(ctx context.Context) {
 	if len(r.cfg.Faults) == 0 {
 		return
 	}
-	for {
-		if !sleepCtx(ctx, jitter(r.cfg.FaultEvery)) {
-			return
-		}
-		f := r.cfg.Faults[rand.IntN(len(r.cfg.Faults))]
-		if err := r.inject(ctx, f); err != nil {
-			r.noteFault(f+"-failed", err.Error())
-			r.logf("fault %s: %v", f, err)
+	order := make([]int, len(r.cfg.Faults))
+	for i := range order {
+		order[i] = i // the first round in the order given
+	}
+	for ; ; order = rand.Perm(len(r.cfg.Faults)) {
+		for _, i := range order {
+			if !sleepCtx(ctx, jitter(r.cfg.FaultEvery)) {
+				return
+			}
+			f := r.cfg.Faults[i]
+			if err := r.inject(ctx, f); err != nil {
+				r.noteFault(f+"-failed", err.Error())
+				r.logf("fault %s: %v", f, err)
+			}
 		}
 	}
 }
