@@ -46,7 +46,9 @@ func TestWorkloadsHoldMutualExclusion(t *testing.T) {
 		t.Run(slug(s.Backend)+"/"+slug(s.Name), func(t *testing.T) {
 			c := openOrAbsent(t, s, &e)
 			ctx := context.Background()
-			key := func(w string) string { return "smoke:" + slug(s.Name) + ":" + w + ":" + time.Unix(0, run).Format("150405.000000") }
+			key := func(w string) string {
+				return "smoke:" + slug(s.Name) + ":" + w + ":" + time.Unix(0, run).Format("150405.000000")
+			}
 
 			u := runUncontended(ctx, c.newMutex, key(wUncontended), d)
 			if u.Ops == 0 || u.Errors > 0 || len(u.Acquire) != u.Ops || len(u.Pair) != u.Ops {

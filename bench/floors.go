@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,9 +49,24 @@ func pollLock(ctx context.Context, poll time.Duration, try func(context.Context)
 	}
 }
 
-// --- Redis: SET NX PX, and a Lua compare-and-delete ---
+// --- Redis: SET NX PX, and a Lua compare-and-delete (EVALSHA) ---
 
-var rawRelease = redis.NewScript(1, `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`)
+const rawReleaseSrc = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
+
+var rawReleaseSHA = redis.NewScript(1, rawReleaseSrc).Hash()
+
+// do sends one command, bounded by ctx's deadline through the socket's
+// timeout. (redigo's DoContext would start a goroutine per command to watch
+// ctx; a floor does without.)
+func do(ctx context.Context, c redis.Conn, cmd string, args ...any) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		return redis.DoWithTimeout(c, max(time.Until(dl), time.Microsecond), cmd, args...)
+	}
+	return c.Do(cmd, args...)
+}
 
 type rawRedis struct {
 	pools []*redis.Pool
@@ -66,7 +82,7 @@ func (m *rawRedis) set(ctx context.Context, p *redis.Pool) (bool, error) {
 		return false, err
 	}
 	defer c.Close()
-	_, err = redis.String(redis.DoContext(c, ctx, "SET", m.key, m.owner, "NX", "PX", m.ttlMS))
+	_, err = redis.String(do(ctx, c, "SET", m.key, m.owner, "NX", "PX", m.ttlMS))
 	if errors.Is(err, redis.ErrNil) {
 		return false, nil
 	}
@@ -79,7 +95,10 @@ func (m *rawRedis) del(ctx context.Context, p *redis.Pool) error {
 		return err
 	}
 	defer c.Close()
-	_, err = rawRelease.DoContext(ctx, c, m.key, m.owner)
+	_, err = do(ctx, c, "EVALSHA", rawReleaseSHA, 1, m.key, m.owner)
+	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		_, err = do(ctx, c, "EVAL", rawReleaseSrc, 1, m.key, m.owner)
+	}
 	return err
 }
 

@@ -47,6 +47,7 @@ type config struct {
 	Hold       time.Duration
 	Only       *regexp.Regexp
 	Workloads  map[string]bool
+	RoundTrips int // lock+unlock pairs counted through a proxy; 0: none
 	Env        env
 }
 
@@ -91,6 +92,7 @@ func main() {
 	flag.IntVar(&cfg.Parallel, "parallel", 16, "goroutines of the parallel workload")
 	flag.IntVar(&cfg.Contenders, "contenders", 8, "goroutines of the contended workload")
 	flag.DurationVar(&cfg.Hold, "hold", time.Millisecond, "critical section of the contended workload")
+	flag.IntVar(&cfg.RoundTrips, "roundtrips", 200, "lock+unlock pairs whose round trips are counted through a loopback proxy before the rounds (0: skip)")
 	flag.DurationVar(&cfg.Env.TTL, "ttl", cfg.Env.TTL, "lease of every lock")
 	flag.DurationVar(&cfg.Env.Poll, "poll", cfg.Env.Poll, "retry interval (±50%) of the floors and the other libraries")
 	flag.DurationVar(&cfg.Env.DlockPoll, "dlock-poll", cfg.Env.DlockPoll, "dlock's retry interval (±50%); a Watcher driver also wakes waiters on release")
@@ -223,6 +225,16 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 		}
 	}()
 	rep.versions(ctx, &cfg.Env, subs)
+	if cfg.RoundTrips > 0 {
+		for _, s := range subs {
+			n, err := roundTrips(ctx, s.subject, cfg.Env, cfg.RoundTrips)
+			if err != nil {
+				fmt.Fprintf(log, "bench: round trips of %s / %s: %v\n", s.Backend, s.Name, err)
+				continue
+			}
+			rep.roundTrips[s.Name] = n
+		}
+	}
 
 	runID := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffffff)
 	key := func(s opened, w string, round int) string {

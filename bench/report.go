@@ -25,11 +25,14 @@ type report struct {
 	skipped  []string
 	servers  []string
 	res      map[string]map[string][]*result // subject name → workload → by round
-	load     string
+	// roundTrips is each subject's replies per uncontended lock+unlock,
+	// summed over its servers.
+	roundTrips map[string]float64
+	load       string
 }
 
 func newReport(cfg *config) *report {
-	r := &report{Date: time.Now().UTC(), cfg: cfg, res: map[string]map[string][]*result{}}
+	r := &report{Date: time.Now().UTC(), cfg: cfg, res: map[string]map[string][]*result{}, roundTrips: map[string]float64{}}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		r.load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
@@ -269,16 +272,21 @@ func (r *report) write(w io.Writer) error {
 
 	if cfg.Workloads[wUncontended] {
 		p("\n## Uncontended: lock+unlock on one goroutine\n\n")
-		p("Latencies in milliseconds. *acquire* is the lock call alone; *lock+unlock* the pair. Allocations are the whole process's heap allocations per pair.\n\n")
-		p("| Backend | Library | acquire p50 | lock+unlock p50 | lock+unlock p99 | ops/s | × floor | allocs/op | errors |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("Latencies in milliseconds. *acquire* is the lock call alone; *lock+unlock* the pair. *Allocs* are the whole process's heap allocations per pair. *Round trips* are the server replies per pair, summed over the servers, counted through a loopback proxy over %d pairs before the rounds.\n\n", cfg.RoundTrips)
+		p("| Backend | Library | acquire p50 | lock+unlock p50 | lock+unlock p99 | ops/s | × floor | round trips | allocs/op | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, s := range r.subjects {
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+			rt := "–"
+			if n, ok := r.roundTrips[s.Name]; ok {
+				rt = fmt.Sprintf("%.1f", n)
+			}
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 				f(r.across(s.Name, wUncontended, pct(.5, acquireOf)), 3),
 				f(r.across(s.Name, wUncontended, pct(.5, pairOf)), 3),
 				f(r.across(s.Name, wUncontended, pct(.99, pairOf)), 3),
 				f(r.across(s.Name, wUncontended, opsRate), 0),
 				f(r.vsFloor(s, wUncontended, timeRatio), 2),
+				rt,
 				fm(r.across(s.Name, wUncontended, func(x *result) (float64, bool) { return x.Allocs, x.Ops > 0 }), 0),
 				r.errorCount(s.Name, wUncontended))
 		}

@@ -157,7 +157,7 @@ func openDlockPG(ctx context.Context, e *env) (*client, error) {
 		db.Close()
 		return nil, err
 	}
-	return dlockClient(l, e, func() { db.Close() })
+	return dlockClient(l, e, func() { l.Close(); db.Close() })
 }
 
 // dlockClient makes locks through the public locker API.
