@@ -30,6 +30,7 @@ type backend struct {
 	proxies []*faultproxy.Proxy
 	opts    storage.Options
 	group   *redisGroup // the private Redlock group
+	unsafe  string      // why the server cannot exclude (FerretDB), or ""
 	cleanup []func()
 }
 
@@ -121,7 +122,7 @@ func (r *runner) setUpBackend(ctx context.Context) (*backend, error) {
 		b.proxied = append(b.proxied, pu)
 	}
 	// Check the configuration once here, rather than in every worker.
-	l, closeLocker, err := storage.Open(b.proxied, b.opts)
+	l, closeLocker, err := storage.Open(ctx, b.proxied, b.opts)
 	if err != nil {
 		return nil, err
 	}

@@ -180,7 +180,9 @@ func (c *child) emitStats() {
 }
 
 func runChild(cc childConfig) error {
-	l, closeLocker, err := storage.Open(cc.URLs, cc.Options)
+	octx, ocancel := context.WithTimeout(context.Background(), 30*time.Second)
+	l, closeLocker, err := storage.Open(octx, cc.URLs, cc.Options)
+	ocancel()
 	if err != nil {
 		return err
 	}

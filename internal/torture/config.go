@@ -167,6 +167,16 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// knownUnsafe says why the chosen storage and faults are documented not to
+// guarantee mutual exclusion, or returns "" when they are expected to.
+func (c *Config) knownUnsafe() string {
+	if c.Backend == BackendRedlock && !c.RedlockPersist && c.RedisRestartDelay < c.TTL &&
+		(slices.Contains(c.Faults, FaultRedisRestart) || slices.Contains(c.Faults, FaultRedisMajority)) {
+		return "Redlock nodes restart without persistence sooner than a TTL: a restarted node forgets the locks it granted (the Redlock documentation asks for fsync'd persistence or delayed restarts)"
+	}
+	return ""
+}
+
 // ParseFaults splits a comma-separated list of fault names; "all" stands for
 // every fault that applies to backend except pgrestart, "none" for none.
 func ParseFaults(s, backend string) []string {

@@ -125,6 +125,12 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if cfg.Backend == BackendRedlock {
 		s.RedlockNodes, s.RedlockPersist = cfg.RedlockNodes, cfg.RedlockPersist
 	}
+	if s.Unsafe = cfg.knownUnsafe(); s.Unsafe == "" {
+		s.Unsafe = r.be.unsafe
+	}
+	if s.Unsafe != "" {
+		s.LockOverlapOK = true
+	}
 	for _, p := range r.procs {
 		p.mu.Lock()
 		s.Stats.add(&p.last)
