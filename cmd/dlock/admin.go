@@ -105,13 +105,13 @@ func runStatus(env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, closeStorage, err := sf.open(env)
+	ctx, cancel := opContext(opTimeout)
+	defer cancel()
+	l, closeStorage, err := sf.open(ctx, env, exitFailure)
 	if err != nil {
 		return err
 	}
 	defer closeStorage()
-	ctx, cancel := opContext(opTimeout)
-	defer cancel()
 	info, err := l.Inspect(ctx, key)
 	if err != nil {
 		return failf(exitFailure, "%s", cleanErr(err))
@@ -193,13 +193,13 @@ func runRelease(env *environment, args []string) error {
 	if !*force {
 		return usagef("refusing to remove lock %q without --force: its holder may still be working under it", key)
 	}
-	l, closeStorage, err := sf.open(env)
+	ctx, cancel := opContext(opTimeout)
+	defer cancel()
+	l, closeStorage, err := sf.open(ctx, env, exitFailure)
 	if err != nil {
 		return err
 	}
 	defer closeStorage()
-	ctx, cancel := opContext(opTimeout)
-	defer cancel()
 	info, err := l.Inspect(ctx, key)
 	if err != nil {
 		return failf(exitFailure, "%s", cleanErr(err))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -55,8 +56,10 @@ func (s *storageFlags) list(env *environment) ([]string, error) {
 	return nil, usagef("no storage URL: give --url or set %s", urlEnv)
 }
 
-// open opens the storage. Configuration errors are usage errors (exit 2).
-func (s *storageFlags) open(env *environment) (locker.Locker, func() error, error) {
+// open opens the storage. Configuration errors are usage errors (exit 2);
+// a storage that fails to answer while being opened (MongoDB connects at
+// once) is an exitError with failCode.
+func (s *storageFlags) open(ctx context.Context, env *environment, failCode int) (locker.Locker, func() error, error) {
 	urls, err := s.list(env)
 	if err != nil {
 		return nil, nil, err
@@ -73,9 +76,12 @@ func (s *storageFlags) open(env *environment) (locker.Locker, func() error, erro
 	case s.collection != "" && kind != storage.Mongo:
 		return nil, nil, usagef("--collection applies to MongoDB URLs only, not %s", kind)
 	}
-	l, closeFn, err := storage.Open(urls, storage.Options{Table: s.table, Prefix: s.prefix, Collection: s.collection})
-	if err != nil {
+	l, closeFn, err := storage.Open(ctx, urls, storage.Options{Table: s.table, Prefix: s.prefix, Collection: s.collection})
+	switch {
+	case errors.Is(err, locker.ErrInvalidOption):
 		return nil, nil, usagef("%s", cleanErr(err))
+	case err != nil:
+		return nil, nil, failf(failCode, "%s", cleanErr(err))
 	}
 	return l, closeFn, nil
 }

@@ -128,8 +128,13 @@ func runRun(env *environment, args []string) error {
 	if err := locker.ValidateTTL(*ttl); err != nil {
 		return usagef("--ttl: %s", cleanErr(err))
 	}
-	l, closeStorage, err := sf.open(env)
+	octx, ocancel := context.WithTimeout(context.Background(), max(*ttl, 30*time.Second))
+	defer ocancel()
+	l, closeStorage, err := sf.open(octx, env, exitUnavailable)
 	if err != nil {
+		if ee, ok := err.(*exitError); ok && ee.code == exitUnavailable {
+			ee.msg = fmt.Sprintf("cannot take lock %q: %s; nothing run", *key, ee.msg)
+		}
 		return err
 	}
 	defer closeStorage()

@@ -14,6 +14,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -136,14 +137,17 @@ func Redact(rawURL string) string {
 }
 
 // Open returns a Locker on the storage urls select, and a function that
-// closes its connections. It does no I/O: a server that cannot be reached
-// shows up as an error of the first operation.
+// closes its connections. For PostgreSQL and Redis it does no I/O: a server
+// that cannot be reached shows up as an error of the first operation. For
+// MongoDB it connects and pings the server within ctx, and returns the
+// driver's wrapped error if that fails.
 //
 // Open returns an error matching [locker.ErrInvalidOption] for the cases
 // [KindOf] rejects, a malformed URL, a MongoDB URL without a database name,
 // an option that does not apply to the storage, or an option the driver
-// rejects (a bad table, prefix or collection name).
-func Open(urls []string, o Options) (locker.Locker, func() error, error) {
+// rejects (a bad table, prefix or collection name). Any other error is a
+// backend error.
+func Open(ctx context.Context, urls []string, o Options) (locker.Locker, func() error, error) {
 	kind, err := KindOf(urls)
 	if err != nil {
 		return nil, nil, err
@@ -181,7 +185,7 @@ func Open(urls []string, o Options) (locker.Locker, func() error, error) {
 		}
 		return l, l.Close, nil
 	case Mongo:
-		return openMongo(urls[0], o.Collection)
+		return openMongo(ctx, urls[0], o.Collection)
 	}
 	return nil, nil, invalid("storage %s is not supported", kind)
 }
@@ -200,7 +204,8 @@ func (o Options) check(kind Kind) error {
 }
 
 // asInvalid makes sure a constructor's error matches ErrInvalidOption: the
-// constructors do no I/O, so any error they return is a configuration error.
+// PostgreSQL and Redis constructors do no I/O, so any error they return is a
+// configuration error.
 func asInvalid(err error) error {
 	if errors.Is(err, locker.ErrInvalidOption) {
 		return err

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"reflect"
 	"strings"
@@ -98,7 +99,7 @@ func TestOpen(t *testing.T) {
 		{[]string{"redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"}, Options{}},
 	}
 	for _, tt := range ok {
-		l, closeFn, err := Open(tt.urls, tt.o)
+		l, closeFn, err := Open(context.Background(), tt.urls, tt.o)
 		if err != nil || l == nil || closeFn == nil {
 			t.Errorf("Open(%q, %+v) = %v, %v", tt.urls, tt.o, l, err)
 			continue
@@ -123,7 +124,7 @@ func TestOpen(t *testing.T) {
 		{[]string{"ftp://h"}, Options{}, "unknown URL scheme"},
 	}
 	for _, tt := range bad {
-		_, _, err := Open(tt.urls, tt.o)
+		_, _, err := Open(context.Background(), tt.urls, tt.o)
 		if !errors.Is(err, locker.ErrInvalidOption) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Open(%q, %+v) = %v, want an invalid-option error containing %q", tt.urls, tt.o, err, tt.want)
 		}
