@@ -50,17 +50,18 @@ func TestWorkloadsHoldMutualExclusion(t *testing.T) {
 				return "smoke:" + slug(s.Name) + ":" + w + ":" + time.Unix(0, run).Format("150405.000000")
 			}
 
-			u := runUncontended(ctx, c.newMutex, key(wUncontended), d)
+			newMutex := func(key string) mutex { return c.newMutex(key, time.Millisecond) }
+			u := runUncontended(ctx, newMutex, key(wUncontended), d)
 			if u.Ops == 0 || u.Errors > 0 || len(u.Acquire) != u.Ops || len(u.Pair) != u.Ops {
 				t.Errorf("uncontended: %d ops, %d acquire and %d pair samples, %d errors (first: %v)", u.Ops, len(u.Acquire), len(u.Pair), u.Errors, u.FirstErr)
 			}
 
-			p := runParallel(ctx, c.newMutex, key(wParallel), 4, d)
+			p := runParallel(ctx, newMutex, key(wParallel), 4, d)
 			if p.Ops == 0 || p.Errors > 0 {
 				t.Errorf("parallel: %d ops, %d errors (first: %v)", p.Ops, p.Errors, p.FirstErr)
 			}
 
-			r := runContended(ctx, c.newMutex, key(wContended), 4, time.Millisecond, 2*d)
+			r := runContended(ctx, newMutex, key(wContended), 4, time.Millisecond, 2*d)
 			if r.Overlaps != 0 {
 				t.Errorf("contended: %d overlaps in %d critical sections", r.Overlaps, r.Ops)
 			}
@@ -93,8 +94,9 @@ func TestReportFromOneRun(t *testing.T) {
 		Rounds: 2, Duration: 50 * time.Millisecond, Warmup: 10 * time.Millisecond,
 		Parallel: 4, Contenders: 3, Hold: time.Millisecond,
 		Only:      regexp.MustCompile(`^(PostgreSQL|Redis)/`),
-		Workloads: map[string]bool{wUncontended: true, wParallel: true, wContended: true},
-		Env:       e,
+		Workloads: map[string]bool{wUncontended: true, wParallel: true, wContended: true, wRelaxed: true},
+		Poll:      time.Millisecond, Relaxed: 5 * time.Millisecond, RoundTrips: 10,
+		Env: e,
 	}
 	var log bytes.Buffer
 	rep := run(context.Background(), &cfg, &log)
@@ -107,7 +109,7 @@ func TestReportFromOneRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := out.String()
-	for _, want := range []string{"# dlock benchmark results", "## Summary", "## Uncontended", "## 4 goroutines, a key each", "## 3 goroutines on one key", "## Settings", "nproc"} {
+	for _, want := range []string{"# dlock benchmark results", "## Summary", "## Uncontended", "## 4 goroutines, a key each", "## 3 goroutines on one key, 1ms critical section, waiters retrying every 1ms", "retrying every 5ms", "round trips", "## Settings", "nproc"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("report lacks %q:\n%s", want, text)
 		}

@@ -47,7 +47,9 @@ type config struct {
 	Hold       time.Duration
 	Only       *regexp.Regexp
 	Workloads  map[string]bool
-	RoundTrips int // lock+unlock pairs counted through a proxy; 0: none
+	RoundTrips int           // lock+unlock pairs counted through a proxy; 0: none
+	Poll       time.Duration // retry interval of every waiter (±50%)
+	Relaxed    time.Duration // the same, in the relaxed contended workload
 	Env        env
 }
 
@@ -57,8 +59,6 @@ func defaultEnv() env {
 		RedisURL:    getenv("DLOCK_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
 		MongoURL:    os.Getenv("DLOCK_TEST_MONGO_URL"),
 		TTL:         10 * time.Second,
-		Poll:        time.Millisecond,
-		DlockPoll:   time.Millisecond,
 		Conns:       32,
 	}
 	for _, u := range strings.Split(os.Getenv("DLOCK_TEST_REDLOCK_URLS"), ",") {
@@ -94,8 +94,8 @@ func main() {
 	flag.DurationVar(&cfg.Hold, "hold", time.Millisecond, "critical section of the contended workload")
 	flag.IntVar(&cfg.RoundTrips, "roundtrips", 200, "lock+unlock pairs whose round trips are counted through a loopback proxy before the rounds (0: skip)")
 	flag.DurationVar(&cfg.Env.TTL, "ttl", cfg.Env.TTL, "lease of every lock")
-	flag.DurationVar(&cfg.Env.Poll, "poll", cfg.Env.Poll, "retry interval (±50%) of the floors and the other libraries")
-	flag.DurationVar(&cfg.Env.DlockPoll, "dlock-poll", cfg.Env.DlockPoll, "dlock's retry interval (±50%); a Watcher driver also wakes waiters on release")
+	flag.DurationVar(&cfg.Poll, "poll", time.Millisecond, "retry interval (±50%) of every waiter in the contended workload, dlock's included")
+	flag.DurationVar(&cfg.Relaxed, "relaxed-poll", 50*time.Millisecond, "retry interval (±50%) of every waiter in the contended-relaxed workload")
 	flag.IntVar(&cfg.Env.Conns, "conns", cfg.Env.Conns, "connection pool size of every subject")
 	flag.Parse()
 
@@ -130,8 +130,8 @@ func main() {
 		}
 		cfg.Workloads[w] = true
 	}
-	if cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Parallel < 1 || cfg.Contenders < 2 || cfg.Hold < 0 {
-		fatalf("-rounds, -duration, -parallel must be positive and -contenders at least 2")
+	if cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Parallel < 1 || cfg.Contenders < 2 || cfg.Hold < 0 || cfg.Poll <= 0 || cfg.Relaxed <= 0 {
+		fatalf("-rounds, -duration, -parallel, -poll, -relaxed-poll must be positive and -contenders at least 2")
 	}
 	command := *commandAs
 	if command == "" {
@@ -177,6 +177,20 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: %d overlaps seen\n", n)
 		os.Exit(3)
 	}
+}
+
+// pollOf is the retry interval of workload w's waiters.
+func (cfg *config) pollOf(w string) time.Duration {
+	if w == wRelaxed {
+		return cfg.Relaxed
+	}
+	return cfg.Poll
+}
+
+// mutexes returns c's mutex maker for workload w.
+func (cfg *config) mutexes(c *client, w string) func(string) mutex {
+	poll := cfg.pollOf(w)
+	return func(key string) mutex { return c.newMutex(key, poll) }
 }
 
 func fatalf(format string, args ...any) {
@@ -225,6 +239,7 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 		}
 	}()
 	rep.versions(ctx, &cfg.Env, subs)
+	rep.sleepCap = sleepRate(cfg.Hold, min(cfg.Duration, time.Second))
 	if cfg.RoundTrips > 0 {
 		for _, s := range subs {
 			n, err := roundTrips(ctx, s.subject, cfg.Env, cfg.RoundTrips)
@@ -244,7 +259,7 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 		if ctx.Err() != nil {
 			return rep
 		}
-		r := runUncontended(ctx, s.c.newMutex, key(s, "warmup", 0), cfg.Warmup)
+		r := runUncontended(ctx, cfg.mutexes(s.c, wUncontended), key(s, "warmup", 0), cfg.Warmup)
 		if r.Errors > 0 {
 			fmt.Fprintf(log, "bench: warm-up %s / %s: %d errors, first: %v\n", s.Backend, s.Name, r.Errors, r.FirstErr)
 		}
@@ -261,13 +276,14 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 				}
 				var r result
 				k := key(s, w, round)
+				m := cfg.mutexes(s.c, w)
 				switch w {
 				case wUncontended:
-					r = runUncontended(ctx, s.c.newMutex, k, cfg.Duration)
+					r = runUncontended(ctx, m, k, cfg.Duration)
 				case wParallel:
-					r = runParallel(ctx, s.c.newMutex, k, cfg.Parallel, cfg.Duration)
-				case wContended:
-					r = runContended(ctx, s.c.newMutex, k, cfg.Contenders, cfg.Hold, cfg.Duration)
+					r = runParallel(ctx, m, k, cfg.Parallel, cfg.Duration)
+				case wContended, wRelaxed:
+					r = runContended(ctx, m, k, cfg.Contenders, cfg.Hold, cfg.Duration)
 				}
 				rep.record(s.subject, w, round, &r)
 				fmt.Fprintf(log, "round %d/%d %-11s %-10s %-26s %s\n", round+1, cfg.Rounds, w, s.Backend, s.Name, r.summary(w))
@@ -296,7 +312,7 @@ func (r *result) summary(w string) string {
 	case wUncontended:
 		s += fmt.Sprintf("  acquire p50 %.3fms  pair p50 %.3fms p99 %.3fms  %.0f allocs/op",
 			ms(percentile(r.Acquire, .5)), ms(percentile(r.Pair, .5)), ms(percentile(r.Pair, .99)), r.Allocs)
-	case wContended:
+	case wContended, wRelaxed:
 		s += fmt.Sprintf("  hand-off p50 %.3fms p99 %.3fms  overlaps %d",
 			ms(percentile(r.Handoff, .5)), ms(percentile(r.Handoff, .99)), r.Overlaps)
 	}

@@ -149,7 +149,7 @@ func roundTrips(ctx context.Context, s subject, e env, n int) (float64, error) {
 		return 0, err
 	}
 	defer c.close()
-	m := c.newMutex("bench:roundtrips:" + slug(s.Name) + ":" + randomOwner()[:8])
+	m := c.newMutex("bench:roundtrips:"+slug(s.Name)+":"+randomOwner()[:8], time.Millisecond)
 	pair := func() error {
 		lctx, cancel := context.WithTimeout(ctx, opTimeout)
 		defer cancel()

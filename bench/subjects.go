@@ -49,10 +49,8 @@ type env struct {
 	RedlockURLs []string // the first three are used
 	MongoURL    string
 
-	TTL       time.Duration // lease of every lock
-	Poll      time.Duration // wait between attempts of the polling floors and anchors (±50%)
-	DlockPoll time.Duration // dlock's fallback poll interval (±50%)
-	Conns     int           // pool size per subject
+	TTL   time.Duration // lease of every lock
+	Conns int           // pool size per subject
 }
 
 // subject is one library (or floor) on one backend.
@@ -66,37 +64,39 @@ type subject struct {
 
 // client is an opened subject.
 type client struct {
-	newMutex func(key string) mutex
+	// newMutex returns a handle on key whose Lock retries every poll
+	// (±50%, or the library's nearest equivalent).
+	newMutex func(key string, poll time.Duration) mutex
 	close    func()
 }
 
 func subjects() []subject {
 	return []subject{
 		{Name: "raw lib/pq", Backend: bPostgres, Kind: kFloor, open: openRawPG,
-			Settings: "prepared autocommit `INSERT … ON CONFLICT DO UPDATE … WHERE expired` + `DELETE … WHERE key AND owner`; polls at -poll ±50%"},
+			Settings: "prepared autocommit `INSERT … ON CONFLICT DO UPDATE … WHERE expired` + `DELETE … WHERE key AND owner`; waiters retry every poll ±50%"},
 		{Name: "dlock pglocker", Backend: bPostgres, Kind: kDlock, open: openDlockPG,
-			Settings: "pglocker.New(*sql.DB) (default mode); Retries(Unlimited), WithBackoff(Jitter(-dlock-poll, 0.5)), woken on release if the driver is a locker.Watcher"},
+			Settings: "pglocker.New(*sql.DB) (default mode); Retries(Unlimited), WithBackoff(Jitter(poll, 0.5)); waiters are also woken on release when the driver is a locker.Watcher"},
 		{Name: "cirello.io/pglock", Backend: bPostgres, Kind: kAnchor, open: openPglock,
-			Settings: "AcquireContext with FailIfLocked() in a loop polling at -poll ±50% (its blocking acquire sleeps a whole lease between attempts); heartbeat off; release deletes the row"},
+			Settings: "AcquireContext with FailIfLocked() in a loop, waiting poll ±50% between attempts (its blocking acquire sleeps a whole lease between attempts); heartbeat off; release deletes the row"},
 
 		{Name: "raw redigo", Backend: bRedis, Kind: kFloor, open: openRawRedis(1),
-			Settings: "`SET key owner NX PX ttl` + EVALSHA compare-and-delete; polls at -poll ±50%"},
+			Settings: "`SET key owner NX PX ttl` + EVALSHA compare-and-delete; waiters retry every poll ±50%"},
 		{Name: "dlock redislocker", Backend: bRedis, Kind: kDlock, open: openDlockRedis(1),
-			Settings: "redislocker.New(*redis.Pool); Retries(Unlimited), WithBackoff(Jitter(-dlock-poll, 0.5)), woken on release if the driver is a locker.Watcher"},
+			Settings: "redislocker.New(*redis.Pool); Retries(Unlimited), WithBackoff(Jitter(poll, 0.5)); waiters are also woken on release when the driver is a locker.Watcher"},
 		{Name: "redsync (redigo)", Backend: bRedis, Kind: kAnchor, open: openRedsync(1),
-			Settings: "WithTries(MaxInt32), WithRetryDelayFunc(-poll ±50%), WithExpiry(ttl); fail-fast off"},
+			Settings: "WithTries(MaxInt32), WithRetryDelayFunc(poll ±50%), WithExpiry(ttl); fail-fast off"},
 		{Name: "bsm/redislock (go-redis)", Backend: bRedis, Kind: kAnchor, open: openRedislock,
-			Settings: "Obtain with a RetryStrategy of -poll ±50% until the context ends"},
+			Settings: "Obtain with a RetryStrategy of poll ±50% until the context ends"},
 
 		{Name: "raw redigo ×3", Backend: bRedlock, Kind: kFloor, open: openRawRedis(3),
-			Settings: "SET NX PX on 3 servers in parallel, majority wins (else delete); EVALSHA compare-and-delete on all 3; polls at -poll ±50%"},
+			Settings: "SET NX PX on 3 servers in parallel, majority wins (else delete); EVALSHA compare-and-delete on all 3; waiters retry every poll ±50%"},
 		{Name: "dlock redislocker Redlock", Backend: bRedlock, Kind: kDlock, open: openDlockRedis(3),
-			Settings: "redislocker.NewRedlock(3 pools); Retries(Unlimited), WithBackoff(Jitter(-dlock-poll, 0.5)), woken on release if the driver is a locker.Watcher"},
+			Settings: "redislocker.NewRedlock(3 pools); Retries(Unlimited), WithBackoff(Jitter(poll, 0.5)); waiters are also woken on release when the driver is a locker.Watcher"},
 		{Name: "redsync ×3 (redigo)", Backend: bRedlock, Kind: kAnchor, open: openRedsync(3),
-			Settings: "3 pools; WithTries(MaxInt32), WithRetryDelayFunc(-poll ±50%), WithExpiry(ttl); fail-fast off (on, it released with errors and overlapped on this machine)"},
+			Settings: "3 pools; WithTries(MaxInt32), WithRetryDelayFunc(poll ±50%), WithExpiry(ttl); fail-fast off (on, it released with errors and overlapped on this machine)"},
 
 		{Name: "raw mongo-driver", Backend: bMongo, Kind: kFloor, open: openRawMongo,
-			Settings: "insertOne({_id: key, owner, expiresAt}) + deleteOne({_id, owner}); polls at -poll ±50%"},
+			Settings: "insertOne({_id: key, owner, expiresAt}) + deleteOne({_id, owner}); waiters retry every poll ±50%"},
 	}
 }
 
@@ -130,8 +130,8 @@ func openRawPG(ctx context.Context, e *env) (*client, error) {
 		return nil, err
 	}
 	return &client{
-		newMutex: func(key string) mutex {
-			return &rawPG{s: s, key: key, owner: randomOwner(), ttlMS: e.TTL.Milliseconds(), poll: e.Poll}
+		newMutex: func(key string, poll time.Duration) mutex {
+			return &rawPG{s: s, key: key, owner: randomOwner(), ttlMS: e.TTL.Milliseconds(), poll: poll}
 		},
 		close: func() { db.Close() },
 	}, nil
@@ -162,17 +162,16 @@ func openDlockPG(ctx context.Context, e *env) (*client, error) {
 
 // dlockClient makes locks through the public locker API.
 func dlockClient(l locker.Locker, e *env, closeFn func()) (*client, error) {
-	f, err := locker.NewFactory(l,
-		locker.TTL(e.TTL),
-		locker.Retries(locker.Unlimited),
-		locker.WithBackoff(locker.Jitter(e.DlockPoll, 0.5)))
+	f, err := locker.NewFactory(l, locker.TTL(e.TTL), locker.Retries(locker.Unlimited))
 	if err != nil {
 		closeFn()
 		return nil, err
 	}
 	return &client{
-		newMutex: func(key string) mutex { return dlockMutex{f.NewLock(key)} },
-		close:    closeFn,
+		newMutex: func(key string, poll time.Duration) mutex {
+			return dlockMutex{f.NewLock(key, locker.WithBackoff(locker.Jitter(poll, 0.5)))}
+		},
+		close: closeFn,
 	}, nil
 }
 
@@ -205,7 +204,7 @@ func openPglock(ctx context.Context, e *env) (*client, error) {
 		return nil, err
 	}
 	return &client{
-		newMutex: func(key string) mutex { return &pglockMutex{c: c, key: key, poll: e.Poll} },
+		newMutex: func(key string, poll time.Duration) mutex { return &pglockMutex{c: c, key: key, poll: poll} },
 		close:    func() { db.Close() },
 	}, nil
 }
@@ -293,8 +292,8 @@ func openRawRedis(n int) func(context.Context, *env) (*client, error) {
 			return nil, err
 		}
 		return &client{
-			newMutex: func(key string) mutex {
-				return &rawRedis{pools: pools, key: "raw:" + key, owner: randomOwner(), ttlMS: e.TTL.Milliseconds(), poll: e.Poll}
+			newMutex: func(key string, poll time.Duration) mutex {
+				return &rawRedis{pools: pools, key: "raw:" + key, owner: randomOwner(), ttlMS: e.TTL.Milliseconds(), poll: poll}
 			},
 			close: func() { closePools(pools) },
 		}, nil
@@ -337,11 +336,11 @@ func openRedsync(n int) func(context.Context, *env) (*client, error) {
 		}
 		rs := redsync.New(rp...)
 		return &client{
-			newMutex: func(key string) mutex {
+			newMutex: func(key string, poll time.Duration) mutex {
 				return &redsyncMutex{m: rs.NewMutex("redsync:"+key,
 					redsync.WithExpiry(e.TTL),
 					redsync.WithTries(math.MaxInt32),
-					redsync.WithRetryDelayFunc(func(int) time.Duration { return jittered(e.Poll) }))}
+					redsync.WithRetryDelayFunc(func(int) time.Duration { return jittered(poll) }))}
 			},
 			close: func() { closePools(pools) },
 		}, nil
@@ -376,8 +375,8 @@ func openRedislock(ctx context.Context, e *env) (*client, error) {
 	}
 	c := redislock.New(rc)
 	return &client{
-		newMutex: func(key string) mutex {
-			return &redislockMutex{c: c, key: "redislock:" + key, ttl: e.TTL, opt: &redislock.Options{RetryStrategy: jitterStrategy(e.Poll)}}
+		newMutex: func(key string, poll time.Duration) mutex {
+			return &redislockMutex{c: c, key: "redislock:" + key, ttl: e.TTL, opt: &redislock.Options{RetryStrategy: jitterStrategy(poll)}}
 		},
 		close: func() { rc.Close() },
 	}, nil
@@ -443,8 +442,8 @@ func openRawMongo(ctx context.Context, e *env) (*client, error) {
 		return nil, err
 	}
 	return &client{
-		newMutex: func(key string) mutex {
-			return &rawMongo{coll: coll, key: key, owner: randomOwner(), ttl: e.TTL, poll: e.Poll}
+		newMutex: func(key string, poll time.Duration) mutex {
+			return &rawMongo{coll: coll, key: key, owner: randomOwner(), ttl: e.TTL, poll: poll}
 		},
 		close: func() { _ = mc.Disconnect(context.Background()) },
 	}, nil

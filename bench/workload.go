@@ -22,10 +22,13 @@ type mutex interface {
 const (
 	wUncontended = "uncontended"
 	wParallel    = "parallel"
-	wContended   = "contended"
+	wContended   = "contended"         // waiters poll every -poll
+	wRelaxed     = "contended-relaxed" // waiters poll every -relaxed-poll
 )
 
-var workloads = []string{wUncontended, wParallel, wContended}
+var workloads = []string{wUncontended, wParallel, wContended, wRelaxed}
+
+func isContended(w string) bool { return w == wContended || w == wRelaxed }
 
 // result is what one workload measured for one subject in one round.
 type result struct {
@@ -33,8 +36,8 @@ type result struct {
 	Elapsed  time.Duration // wall time of the measurement
 	Acquire  []time.Duration
 	Pair     []time.Duration // lock+unlock, uncontended only
-	Handoff  []time.Duration // release started → next acquisition, contended only
-	Same     int             // contended: acquisitions by the previous holder
+	Handoff  []time.Duration // release started → acquisition by another goroutine, contended only
+	Same     int             // contended: acquisitions by the goroutine that had just released
 	Overlaps int64           // acquisitions that found the section occupied
 	Errors   int64
 	FirstErr error
@@ -147,9 +150,11 @@ func runParallel(ctx context.Context, newMutex func(string) mutex, key string, n
 }
 
 // runContended runs n goroutines that take turns on one key, each holding
-// it for hold. An occupancy counter checks mutual exclusion; the hand-off
-// latency is the time from the moment the holder starts releasing to the
-// moment the next holder's Lock returns.
+// it for hold and asking again as soon as it has released. An occupancy
+// counter checks mutual exclusion. A hand-off is an acquisition by another
+// goroutine than the last holder; its latency runs from the moment the
+// holder starts releasing to the moment the next holder's Lock returns.
+// Acquisitions by the goroutine that just released are counted apart.
 func runContended(ctx context.Context, newMutex func(string) mutex, key string, n int, hold, d time.Duration) result {
 	var (
 		occupancy   atomic.Int32
@@ -190,11 +195,12 @@ func runContended(ctx context.Context, newMutex func(string) mutex, key string, 
 				if occupancy.Add(1) != 1 {
 					overlaps.Add(1)
 				}
-				if prev := lastRelease.Load(); prev != 0 {
-					handoff = append(handoff, time.Duration(acquired-prev))
-				}
-				if lastHolder.Swap(int32(g)) == int32(g) {
-					same++
+				switch prev := lastHolder.Swap(int32(g)); prev {
+				case int32(g):
+					same++ // took it back: not a hand-off
+				case -1: // the first acquisition
+				default:
+					handoff = append(handoff, time.Duration(acquired-lastRelease.Load()))
 				}
 				time.Sleep(hold)
 				occupancy.Add(-1)
@@ -218,6 +224,18 @@ func runContended(ctx context.Context, newMutex func(string) mutex, key string, 
 	r.Overlaps = overlaps.Load()
 	r.Errors, r.FirstErr = errs.n, errs.first
 	return r
+}
+
+// sleepRate returns how many time.Sleep(hold) calls one goroutine completes
+// per second, measured for d: the ceiling of the contended workloads.
+func sleepRate(hold, d time.Duration) float64 {
+	start := time.Now()
+	n := 0
+	for time.Since(start) < d {
+		time.Sleep(hold)
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 // sleepCtx waits for d or until ctx ends, and reports ctx's error.
