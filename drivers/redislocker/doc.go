@@ -48,10 +48,14 @@
 // independent servers (not replicas of one another). An acquisition asks
 // every node at once, taking the start time on Go's monotonic clock before
 // the first request leaves; it succeeds when a quorum of N/2+1 nodes grant
-// the key and time is left: validity = TTL − elapsed − drift, where drift
-// is 0.01×TTL + 2ms by default ([Drift]). Requests still unanswered when the
-// TTL has passed are abandoned, so a slow node cannot stretch a lease past
-// its validity; a slow minority does not delay the answer. Without a quorum
+// the key and time is left: Redlock's validity, TTL − elapsed − drift, must
+// be positive, where drift is 0.01×TTL + 2ms by default ([Drift]). The
+// returned Lease.Validity is counted from the call, as [locker.Lease]
+// says: TTL − drift, of which the elapsed time is already gone when
+// Acquire returns ([locker.Lock] counts from its send time, so it trusts
+// the lease for exactly Redlock's validity). Requests still unanswered when
+// the TTL has passed are abandoned, so a slow node cannot stretch a lease
+// past its validity; a slow minority does not delay the answer. Without a quorum
 // or with no validity left, the attempt is released on every node that may
 // have granted it, and Acquire returns [locker.ErrNotObtained] — unless a
 // majority of nodes failed with errors, which is a backend error. Refresh

@@ -50,9 +50,10 @@ func notObtainedCtx(ctx context.Context) error {
 
 // Acquire makes one attempt to take key for owner for ttl (whole
 // milliseconds; the storage's clock decides expiry) and returns the lease:
-// its fencing token and validity. On a single server the validity is the
-// TTL; on Redlock it is the TTL less the time the quorum took and the drift
-// allowance.
+// its fencing token and validity, counted from the call (see
+// [locker.Lease]). On a single server the validity is the TTL; on Redlock
+// it is the TTL less the drift allowance, and the time the quorum took has
+// already been spent out of it.
 //
 // Acquire returns [locker.ErrNotObtained] when a live lease holds key (the
 // owner's own included) or, on Redlock, when no quorum granted it in time;
@@ -94,8 +95,8 @@ func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Durati
 }
 
 // Refresh extends owner's live lease on key to ttl from now (storage clock),
-// keeping its token, and returns the renewed lease (on Redlock, with the
-// validity left after the quorum answered). It returns [locker.ErrNotHeld]
+// keeping its token, and returns the renewed lease, its validity counted
+// from the call as Acquire's. It returns [locker.ErrNotHeld]
 // when owner holds no live lease on key (on Redlock: not on a quorum in
 // time), and a wrapped backend error when the server, or a Redlock
 // majority, failed.

@@ -21,8 +21,7 @@ const minGrace = time.Millisecond
 type reply struct {
 	node int
 	v    interface{}
-	err  error
-	done bool // an answer arrived (v or err); false: never asked or abandoned
+	err  error // the node's error, or a context error if it was abandoned
 }
 
 // fanout evaluates s on the given nodes at once and collects their replies.
@@ -30,7 +29,7 @@ type reply struct {
 // outcome is known; it then gives the remaining nodes as long again as the
 // decision took (at least minGrace), cancels what is still in flight and
 // returns once every request has returned. A node that never answered
-// gets a reply with done false and a context error.
+// gets a reply with a context error.
 func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, s *redis.Script, args ...interface{}) []reply {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
@@ -39,7 +38,7 @@ func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) 
 	for _, n := range nodes {
 		go func() {
 			v, _, err := run(ctx, l.nodes[n], s, args...)
-			ch <- reply{node: n, v: v, err: err, done: true}
+			ch <- reply{node: n, v: v, err: err}
 		}()
 	}
 	rs := make([]reply, 0, len(nodes))
@@ -64,11 +63,7 @@ func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) 
 		t.Stop()
 		cancel()
 		for len(rs) < len(nodes) {
-			r := <-ch
-			if r.err != nil && ctx.Err() != nil {
-				r.done = false // abandoned by us, not the node's answer
-			}
-			rs = append(rs, r)
+			rs = append(rs, <-ch)
 		}
 	}
 	return rs
@@ -150,8 +145,12 @@ const (
 // once, bounded by the lease's own end. With a quorum of grants, the
 // highest token becomes the lease's token, and if the grants disagree,
 // fence.lua gives it to every granting node and raises their counters (a
-// quorum must confirm). The validity is ttl less the time since the first
-// request left and the drift allowance; without a quorum or validity, the
+// quorum must confirm). Redlock's validity, the time left, is ttl less the
+// time since the first request left and the drift allowance. The lease's
+// Validity is counted, as [locker.Lease] says, from the call: ttl less the
+// drift, so that a caller counting from its own send time (as
+// [locker.Lock] does) gets Redlock's validity without subtracting the
+// elapsed time twice. Without a quorum or time left, the
 // attempt is released on every node that may have granted it.
 //
 // Split votes: when contenders split the nodes so that none has a quorum,
@@ -255,9 +254,9 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 		}
 	}
 	elapsed := time.Since(start)
-	validity := ttl - elapsed - l.drift(ttl)
-	if len(granted) >= l.quorum && validity > 0 {
-		return locker.Lease{Token: token, Validity: validity}, nil
+	left := ttl - elapsed - l.drift(ttl) // Redlock's validity
+	if len(granted) >= l.quorum && left > 0 {
+		return locker.Lease{Token: token, Validity: ttl - l.drift(ttl)}, nil
 	}
 
 	// Release wherever the attempt may have taken the key: every node but
@@ -313,7 +312,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // refreshRedlock extends owner's lease on every node at once; it needs a
-// quorum, in time for some validity to remain.
+// quorum, in time for some validity to remain. Validity is counted from
+// the call, like Acquire's.
 func (l *Locker) refreshRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
 	ttl := time.Duration(ms) * time.Millisecond
 	start := time.Now()
@@ -330,9 +330,9 @@ func (l *Locker) refreshRedlock(ctx context.Context, lk, owner string, ms int64)
 			ok++
 		}
 	}
-	validity := ttl - time.Since(start) - l.drift(ttl)
-	if ok >= l.quorum && validity > 0 {
-		return locker.Lease{Token: commonest(tokens), Validity: validity}, nil
+	left := ttl - time.Since(start) - l.drift(ttl)
+	if ok >= l.quorum && left > 0 {
+		return locker.Lease{Token: commonest(tokens), Validity: ttl - l.drift(ttl)}, nil
 	}
 	if ctx.Err() != nil {
 		return locker.Lease{}, fmt.Errorf("redislocker: refresh: %w", context.Cause(ctx))

@@ -201,9 +201,14 @@ func TestRedlockSlowNodesCannotStretchLease(t *testing.T) {
 			t.Fatalf("Acquire took %v, less than the slow nodes' delay %v: the quorum cannot have formed", took, delay)
 		}
 		drift := time.Duration(redislocker.DefaultDriftFactor*float64(ttl)) + redislocker.DefaultDriftExtra
-		// Acquire measures its own elapsed time, at least the delay.
-		if max := ttl - delay - drift; lease.Validity > max {
-			t.Fatalf("validity %v after a %v acquire exceeds TTL - delay - drift = %v", lease.Validity, took, max)
+		// Validity counts from the call: the caller may trust the lease
+		// until sent+Validity, which is TTL - drift after it sent, so at
+		// most TTL - delay - drift after Acquire returned.
+		if lease.Validity > ttl-drift {
+			t.Fatalf("validity %v exceeds TTL - drift = %v", lease.Validity, ttl-drift)
+		}
+		if left := time.Until(sent.Add(lease.Validity)); left > ttl-delay-drift {
+			t.Fatalf("%v of trust left after a %v acquire; want at most TTL - delay - drift = %v", left, took, ttl-delay-drift)
 		}
 		if err := l.Release(ctx, key, "a"); err != nil {
 			t.Fatalf("Release: %v", err)
