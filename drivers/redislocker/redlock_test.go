@@ -400,3 +400,36 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestRedlockInspectReportsQuorum: Inspect reports the lease a quorum of
+// nodes agrees on, not a stray minority entry.
+func TestRedlockInspectReportsQuorum(t *testing.T) {
+	t.Parallel()
+	ss := group(t, 3)
+	l := redlockOn(t, urlsOf(ss))
+	ctx := ctxFor(t, 10*time.Second)
+	key := testutil.Key(t)
+	lockKey := redislocker.DefaultPrefix + ":{" + key + "}"
+
+	// A stray entry on one node only (a late grant, say): no quorum.
+	if _, err := do(t, ss[2].URL(), "SET", lockKey, "9:stray", "PX", 60000); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := l.Inspect(ctx, key); err != nil || info.Held() {
+		t.Fatalf("Inspect with one stray node = %+v, %v; want free", info, err)
+	}
+	lease, err := l.Acquire(ctx, key, "a", 10*time.Second)
+	if err != nil {
+		t.Fatalf("Acquire on two of three nodes: %v", err)
+	}
+	info, err := l.Inspect(ctx, key)
+	if err != nil || info.Owner != "a" || info.Token != lease.Token || info.TTL <= 0 || info.TTL > 10*time.Second {
+		t.Fatalf("Inspect = %+v, %v; want owner a, token %d", info, err, lease.Token)
+	}
+	if err := l.Release(ctx, key, "a"); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if v, err := redis.String(do(t, ss[2].URL(), "GET", lockKey)); err != nil || v != "9:stray" {
+		t.Fatalf("Release touched another owner's entry: %q, %v", v, err)
+	}
+}
