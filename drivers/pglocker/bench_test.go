@@ -2,36 +2,49 @@ package pglocker_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/dlock-go/dlock/drivers/pglocker"
 	"github.com/dlock-go/dlock/migrations"
 	"github.com/dlock-go/dlock/testutil"
 )
 
 // BenchmarkLockUnlock measures one acquire and one release through the
 // driver on a single connection: a REPEATABLE READ transaction around the
-// insert-on-conflict, then an autocommit delete.
+// insert-on-conflict, then an autocommit delete; with statements prepared
+// (the default) and not.
 func BenchmarkLockUnlock(b *testing.B) {
 	for _, sqlDriver := range sqlDrivers {
-		b.Run("driver="+sqlDriver, func(b *testing.B) {
-			fx := setUp(b)
-			db := openDB(b, sqlDriver, fx.url)
-			db.SetMaxOpenConns(1)
-			l := newLocker(b, db, fx.table)
-			key := testutil.Key(b)
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := l.Acquire(ctx, key, "bench", 10*time.Second); err != nil {
-					b.Fatal(err)
-				}
-				if err := l.Release(ctx, key, "bench"); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+		for _, prepared := range []bool{true, false} {
+			b.Run(fmt.Sprintf("driver=%s/prepared=%v", sqlDriver, prepared), func(b *testing.B) {
+				benchLockUnlock(b, sqlDriver, pglocker.Prepared(prepared))
+			})
+		}
+	}
+}
+
+func benchLockUnlock(b *testing.B, sqlDriver string, opts ...pglocker.Option) {
+	fx := setUp(b)
+	db := openDB(b, sqlDriver, fx.url)
+	db.SetMaxOpenConns(1)
+	l, err := pglocker.New(db, append(opts, pglocker.Table(fx.table))...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	key := testutil.Key(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := l.Acquire(ctx, key, "bench", 10*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		if err := l.Release(ctx, key, "bench"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

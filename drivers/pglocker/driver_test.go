@@ -462,3 +462,86 @@ func TestSubMillisecondTTLRoundsUp(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Prepared statements survive the table being dropped and created again, and
+// a missing table is a backend error, not contention. Close releases the
+// statements of a Locker from New, which goes on working unprepared.
+func TestPreparedStatements(t *testing.T) {
+	t.Parallel()
+	fx := setUp(t)
+	for _, sqlDriver := range sqlDrivers {
+		t.Run(sqlDriver, func(t *testing.T) {
+			t.Parallel()
+			ctx := testCtx(t)
+			table := testutil.PostgresTable(t, "prepared_"+sqlDriver)
+			db := openDB(t, sqlDriver, fx.url)
+			l, err := pglocker.New(db, pglocker.Table(table), pglocker.Prepared(true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			key := testutil.Key(t)
+			cycle := func(what string) int64 {
+				t.Helper()
+				lease, err := l.Acquire(ctx, key, "me", time.Minute)
+				if err != nil {
+					t.Fatalf("%s: Acquire: %v", what, err)
+				}
+				if _, err := l.Refresh(ctx, key, "me", time.Minute); err != nil {
+					t.Fatalf("%s: Refresh: %v", what, err)
+				}
+				if info, err := l.Inspect(ctx, key); err != nil || info.Token != lease.Token {
+					t.Fatalf("%s: Inspect = %+v, %v", what, info, err)
+				}
+				if err := l.Release(ctx, key, "me"); err != nil {
+					t.Fatalf("%s: Release: %v", what, err)
+				}
+				return lease.Token
+			}
+			cycle("first")
+			if err := migrations.Down(ctx, db, migrations.Table(table)); err != nil {
+				t.Fatal(err)
+			}
+			_, err = l.Acquire(ctx, key, "me", time.Minute)
+			if err == nil || errors.Is(err, locker.ErrNotObtained) || !strings.Contains(err.Error(), "does not exist") {
+				t.Fatalf("Acquire on a dropped table = %v; want a backend error", err)
+			}
+			if err := migrations.Up(ctx, db, migrations.Table(table)); err != nil {
+				t.Fatal(err)
+			}
+			if tok := cycle("after down and up"); tok != 1 {
+				t.Errorf("first token after down and up = %d; want 1", tok)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			cycle("after Close")
+			if err := db.PingContext(ctx); err != nil {
+				t.Fatalf("Close closed the caller's pool: %v", err)
+			}
+		})
+	}
+}
+
+// Close of a Locker from Open closes its pool.
+func TestOpenClose(t *testing.T) {
+	t.Parallel()
+	fx := setUp(t)
+	ctx := testCtx(t)
+	l, err := pglocker.Open(fx.url, pglocker.Table(fx.table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := testutil.Key(t)
+	if _, err := l.Acquire(ctx, key, "me", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx, key, "me"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Acquire(ctx, key, "me", time.Minute); err == nil || errors.Is(err, locker.ErrNotObtained) {
+		t.Fatalf("Acquire after Close = %v; want an error", err)
+	}
+}

@@ -60,7 +60,7 @@ import (
 	"io"
 	"time"
 
-	_ "github.com/lib/pq" // the documented driver, registered as "postgres" for Open
+	"github.com/lib/pq" // the documented driver, registered as "postgres" for Open
 
 	"github.com/dlock-go/dlock/drivers/pglocker/internal/dbsqlc"
 	"github.com/dlock-go/dlock/locker"
@@ -91,7 +91,8 @@ type beginner interface {
 type Option func(*config)
 
 type config struct {
-	table string
+	table    string
+	prepared *bool // nil: only with lib/pq
 }
 
 // Table sets the lock table, optionally schema-qualified ("app.locks"). The
@@ -104,14 +105,26 @@ func Table(name string) Option {
 	return func(c *config) { c.table = name }
 }
 
+// Prepared sets whether a Locker on a *sql.DB prepares its statements, once
+// per connection of the pool, and runs them by name. By default it does when
+// the pool's driver is lib/pq, which otherwise spends two round trips on
+// every statement with parameters, and does not with other drivers (pgx
+// caches prepared statements by itself). Pass false for a connection pooler
+// that cannot keep prepared statements, such as PgBouncer before 1.21 in
+// transaction mode. On a *sql.Conn or *sql.Tx statements are never prepared.
+func Prepared(enabled bool) Option {
+	return func(c *config) { c.prepared = &enabled }
+}
+
 // Locker is a [locker.Locker] and [locker.Purger] on a PostgreSQL table. It is
 // safe for concurrent use.
 type Locker struct {
 	db     DB
 	begin  beginner // nil when db is a caller's transaction
 	q      *dbsqlc.Queries
-	rw     *rewriter // nil for the default table
-	closer io.Closer // the private pool of Open
+	rw     *rewriter   // nil for the default table
+	stmts  *statements // nil unless db is a *sql.DB and Prepared is on
+	closer io.Closer   // the private pool of Open
 }
 
 // New returns a Locker that runs its statements on db, a *sql.DB, *sql.Conn
@@ -142,6 +155,12 @@ func New(db DB, opts ...Option) (*Locker, error) {
 	if !names.IsDefault() {
 		l.rw = &rewriter{names: names}
 	}
+	if pool, ok := db.(*sql.DB); ok {
+		_, libpq := pool.Driver().(*pq.Driver)
+		if cfg.prepared == nil && libpq || cfg.prepared != nil && *cfg.prepared {
+			l.stmts = &statements{pool: pool}
+		}
+	}
 	return l, nil
 }
 
@@ -163,10 +182,15 @@ func Open(dsn string, opts ...Option) (*Locker, error) {
 	return l, nil
 }
 
-// Close closes the connection pool that Open opened, waiting for statements in
-// progress. On a Locker from New it does nothing: the caller's handle is the
-// caller's to close. It returns the pool's close error, if any.
+// Close releases the statements the Locker prepared and closes the connection
+// pool that Open opened, waiting for statements in progress. It leaves the
+// handle given to New open: that is the caller's to close (and a Locker from
+// New goes on working after Close, unprepared). It returns the pool's close
+// error, if any.
 func (l *Locker) Close() error {
+	if l.stmts != nil {
+		l.stmts.close()
+	}
 	if l.closer == nil {
 		return nil
 	}
@@ -196,7 +220,7 @@ func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Durati
 	var token int64
 	var err error
 	if l.begin == nil {
-		token, err = l.q.Acquire(ctx, l.wrap(l.db), arg)
+		token, err = l.q.Acquire(ctx, l.on(l.db, nil), arg)
 	} else {
 		token, err = l.acquireTx(ctx, arg)
 	}
@@ -211,11 +235,12 @@ func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Durati
 // statement's snapshot is a serialization failure rather than a second grant.
 // The isolation level is a property of this transaction only.
 func (l *Locker) acquireTx(ctx context.Context, arg dbsqlc.AcquireParams) (int64, error) {
+	l.prepare(ctx, dbsqlc.Acquire)
 	tx, err := l.begin.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
 	if err != nil {
 		return 0, err
 	}
-	token, err := l.q.Acquire(ctx, l.wrap(tx), arg)
+	token, err := l.q.Acquire(ctx, l.on(tx, tx), arg)
 	if err != nil {
 		_ = tx.Rollback()
 		return 0, err
@@ -241,7 +266,7 @@ func (l *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Durati
 	if err := ctx.Err(); err != nil {
 		return locker.Lease{}, interpretError(ctx, op, err)
 	}
-	token, err := l.q.Refresh(ctx, l.wrap(l.db), dbsqlc.RefreshParams{Key: key, Owner: owner, TtlMs: millis(ttl)})
+	token, err := l.q.Refresh(ctx, l.on(l.db, nil), dbsqlc.RefreshParams{Key: key, Owner: owner, TtlMs: millis(ttl)})
 	if err != nil {
 		return locker.Lease{}, interpretError(ctx, op, err)
 	}
@@ -261,7 +286,7 @@ func (l *Locker) Release(ctx context.Context, key, owner string) error {
 	if err := ctx.Err(); err != nil {
 		return interpretError(ctx, op, err)
 	}
-	live, err := l.q.Release(ctx, l.wrap(l.db), dbsqlc.ReleaseParams{Key: key, Owner: owner})
+	live, err := l.q.Release(ctx, l.on(l.db, nil), dbsqlc.ReleaseParams{Key: key, Owner: owner})
 	if err != nil {
 		return interpretError(ctx, op, err)
 	}
@@ -283,7 +308,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (locker.Info, error) {
 	if err := ctx.Err(); err != nil {
 		return locker.Info{}, interpretError(ctx, op, err)
 	}
-	row, err := l.q.Inspect(ctx, l.wrap(l.db), key)
+	row, err := l.q.Inspect(ctx, l.on(l.db, nil), key)
 	if errors.Is(err, sql.ErrNoRows) {
 		return locker.Info{Key: key}, nil
 	}
@@ -310,7 +335,7 @@ func (l *Locker) Purge(ctx context.Context, olderThan time.Duration) (int64, err
 	if err := ctx.Err(); err != nil {
 		return 0, interpretError(ctx, op, err)
 	}
-	n, err := l.q.Purge(ctx, l.wrap(l.db), millis(olderThan))
+	n, err := l.q.Purge(ctx, l.on(l.db, nil), millis(olderThan))
 	if err != nil {
 		return 0, interpretError(ctx, op, err)
 	}
@@ -343,7 +368,7 @@ func (l *Locker) Fence(ctx context.Context, tx *sql.Tx, key string, token int64)
 	if err := ctx.Err(); err != nil {
 		return interpretError(ctx, op, err)
 	}
-	if _, err := l.q.Fence(ctx, l.wrap(tx), dbsqlc.FenceParams{Key: key, Token: token}); err != nil {
+	if _, err := l.q.Fence(ctx, l.onCaller(tx), dbsqlc.FenceParams{Key: key, Token: token}); err != nil {
 		return interpretError(ctx, op, err)
 	}
 	return nil

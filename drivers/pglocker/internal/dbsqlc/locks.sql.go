@@ -9,7 +9,7 @@ import (
 	"context"
 )
 
-const acquire = `-- name: Acquire :one
+const Acquire = `-- name: Acquire :one
 INSERT INTO dlock_locks AS l (key, owner, token, acquired_at, expires_at)
 VALUES (
     $1,
@@ -44,13 +44,13 @@ type AcquireParams struct {
 // order in which they may insert: a token drawn early by a stalled acquirer
 // can never be stored after a later token was granted and released.
 func (q *Queries) Acquire(ctx context.Context, db DBTX, arg AcquireParams) (int64, error) {
-	row := db.QueryRowContext(ctx, acquire, arg.Key, arg.Owner, arg.TtlMs)
+	row := db.QueryRowContext(ctx, Acquire, arg.Key, arg.Owner, arg.TtlMs)
 	var token int64
 	err := row.Scan(&token)
 	return token, err
 }
 
-const fence = `-- name: Fence :one
+const Fence = `-- name: Fence :one
 SELECT owner
 FROM dlock_locks
 WHERE key = $1
@@ -69,13 +69,13 @@ type FenceParams struct {
 // lock keeps takeover, refresh, release and purge of the row waiting until
 // that transaction ends.
 func (q *Queries) Fence(ctx context.Context, db DBTX, arg FenceParams) (string, error) {
-	row := db.QueryRowContext(ctx, fence, arg.Key, arg.Token)
+	row := db.QueryRowContext(ctx, Fence, arg.Key, arg.Token)
 	var owner string
 	err := row.Scan(&owner)
 	return owner, err
 }
 
-const inspect = `-- name: Inspect :one
+const Inspect = `-- name: Inspect :one
 SELECT owner,
        token,
        (extract(epoch FROM expires_at - statement_timestamp()) * 1000000)::bigint AS ttl_us
@@ -93,27 +93,27 @@ type InspectRow struct {
 // Inspect returns the live holder of key and the lease's remaining time in
 // microseconds; no row means the key is free.
 func (q *Queries) Inspect(ctx context.Context, db DBTX, key string) (InspectRow, error) {
-	row := db.QueryRowContext(ctx, inspect, key)
+	row := db.QueryRowContext(ctx, Inspect, key)
 	var i InspectRow
 	err := row.Scan(&i.Owner, &i.Token, &i.TtlUs)
 	return i, err
 }
 
-const purge = `-- name: Purge :execrows
+const Purge = `-- name: Purge :execrows
 DELETE FROM dlock_locks
 WHERE expires_at <= statement_timestamp() - $1::bigint * interval '1 millisecond'
 `
 
 // Purge deletes rows whose lease expired at least older_than_ms ago.
 func (q *Queries) Purge(ctx context.Context, db DBTX, olderThanMs int64) (int64, error) {
-	result, err := db.ExecContext(ctx, purge, olderThanMs)
+	result, err := db.ExecContext(ctx, Purge, olderThanMs)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected()
 }
 
-const refresh = `-- name: Refresh :one
+const Refresh = `-- name: Refresh :one
 UPDATE dlock_locks
 SET expires_at = statement_timestamp() + $1::bigint * interval '1 millisecond'
 WHERE key = $2
@@ -131,13 +131,13 @@ type RefreshParams struct {
 // Refresh extends owner's live lease on key to ttl from now and returns its
 // token; no row means owner holds no live lease.
 func (q *Queries) Refresh(ctx context.Context, db DBTX, arg RefreshParams) (int64, error) {
-	row := db.QueryRowContext(ctx, refresh, arg.TtlMs, arg.Key, arg.Owner)
+	row := db.QueryRowContext(ctx, Refresh, arg.TtlMs, arg.Key, arg.Owner)
 	var token int64
 	err := row.Scan(&token)
 	return token, err
 }
 
-const release = `-- name: Release :one
+const Release = `-- name: Release :one
 DELETE FROM dlock_locks
 WHERE key = $1
   AND owner = $2
@@ -152,7 +152,7 @@ type ReleaseParams struct {
 // Release deletes owner's row for key, live or expired, and reports whether
 // the lease was still live; no row means owner had none.
 func (q *Queries) Release(ctx context.Context, db DBTX, arg ReleaseParams) (bool, error) {
-	row := db.QueryRowContext(ctx, release, arg.Key, arg.Owner)
+	row := db.QueryRowContext(ctx, Release, arg.Key, arg.Owner)
 	var live bool
 	err := row.Scan(&live)
 	return live, err
