@@ -545,3 +545,45 @@ func TestOpenClose(t *testing.T) {
 		t.Fatalf("Acquire after Close = %v; want an error", err)
 	}
 }
+
+// An acquirer draws its token only once it holds the key's transaction-level
+// advisory lock, so a token drawn meanwhile by anyone holding that lock is
+// smaller: acquirers of one key draw tokens in the order they may insert.
+func TestTokenDrawnUnderKeyLock(t *testing.T) {
+	t.Parallel()
+	fx := setUp(t)
+	ctx := testCtx(t)
+	table := testutil.PostgresTable(t, "keylock")
+	n, _ := migrations.ParseTable(table)
+	db := openDB(t, "postgres", fx.url)
+	l := newLocker(t, db, table)
+	key := testutil.Key(t)
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, key); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan locker.Lease, 1)
+	go func() {
+		lease, err := l.Acquire(ctx, key, "me", time.Minute)
+		if err != nil {
+			t.Errorf("Acquire: %v", err)
+		}
+		done <- lease
+	}()
+	waitBlocked(t, db, n.Table)
+	var drawn int64
+	if err := tx.QueryRowContext(ctx, `SELECT nextval('`+n.Sequence+`')`).Scan(&drawn); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if lease := <-done; lease.Token <= drawn {
+		t.Fatalf("token %d drawn before the key lock was free (another drew %d under it)", lease.Token, drawn)
+	}
+}
