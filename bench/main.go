@@ -242,12 +242,12 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 	rep.sleepCap = sleepRate(cfg.Hold, min(cfg.Duration, time.Second))
 	if cfg.RoundTrips > 0 {
 		for _, s := range subs {
-			n, err := roundTrips(ctx, s.subject, cfg.Env, cfg.RoundTrips)
+			t, err := roundTrips(ctx, s.subject, cfg, cfg.RoundTrips, max(cfg.Duration/4, 100*time.Millisecond))
 			if err != nil {
 				fmt.Fprintf(log, "bench: round trips of %s / %s: %v\n", s.Backend, s.Name, err)
 				continue
 			}
-			rep.roundTrips[s.Name] = n
+			rep.roundTrips[s.Name] = t
 		}
 	}
 

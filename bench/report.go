@@ -27,13 +27,13 @@ type report struct {
 	res      map[string]map[string][]*result // subject name → workload → by round
 	// roundTrips is each subject's replies per uncontended lock+unlock,
 	// summed over its servers.
-	roundTrips map[string]float64
+	roundTrips map[string]map[string]trips // subject name → workload →
 	load       string
 	sleepCap   float64 // critical sections per second that time.Sleep(hold) alone allows
 }
 
 func newReport(cfg *config) *report {
-	r := &report{Date: time.Now().UTC(), cfg: cfg, res: map[string]map[string][]*result{}, roundTrips: map[string]float64{}}
+	r := &report{Date: time.Now().UTC(), cfg: cfg, res: map[string]map[string][]*result{}, roundTrips: map[string]map[string]trips{}}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		r.load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
@@ -298,10 +298,7 @@ func (r *report) write(w io.Writer) error {
 		p("| Backend | Library | acquire p50 | lock+unlock p50 | lock+unlock p99 | ops/s | × floor | round trips | allocs/op | errors |\n")
 		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, s := range r.subjects {
-			rt := "–"
-			if n, ok := r.roundTrips[s.Name]; ok {
-				rt = fmt.Sprintf("%.1f", n)
-			}
+			rt := r.tripsOf(s.Name, wUncontended)
 			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 				f(r.across(s.Name, wUncontended, pct(.5, acquireOf)), 3),
 				f(r.across(s.Name, wUncontended, pct(.5, pairOf)), 3),
@@ -331,15 +328,15 @@ func (r *report) write(w io.Writer) error {
 			continue
 		}
 		p("\n## %d goroutines on one key, %v critical section, waiters retrying every %v\n\n", cfg.Contenders, cfg.Hold, cfg.pollOf(w))
-		p("*CS/s*: critical sections completed per second (`time.Sleep(%v)` alone allows ≈ %.0f per second here). Every goroutine asks again as soon as it has released. *Hand-off*: when another goroutine takes the lock next, the time from the moment the holder starts its unlock to the moment the next holder's lock call returns, in milliseconds; *÷ acquire* divides its p50 by the same library's uncontended acquire p50 of the same round. *Same holder*: share of acquisitions won back by the goroutine that had just released (not hand-offs; high means the waiters starve). *Overlaps*: acquisitions that found another goroutine inside the critical section (must be 0).\n\n", cfg.Hold, r.sleepCap)
-		p("| Backend | Library | CS/s | hand-off p50 | hand-off p99 | ÷ acquire | same holder | overlaps | errors |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("*CS/s*: critical sections completed per second (`time.Sleep(%v)` alone allows ≈ %.0f per second here). Every goroutine asks again as soon as it has released. *Hand-off*: when another goroutine takes the lock next, the time from the moment the holder starts its unlock to the moment the next holder's lock call returns, in milliseconds; *÷ acquire* divides its p50 by the same library's uncontended acquire p50 of the same round. *Same holder*: share of acquisitions won back by the goroutine that had just released (not hand-offs; high means the waiters starve). *Round trips per CS*: server replies per critical section (summed over the servers, failed attempts and wake-ups included) and connections opened, counted through a loopback proxy in a separate pass before the rounds. *Overlaps*: acquisitions that found another goroutine inside the critical section (must be 0).\n\n", cfg.Hold, r.sleepCap)
+		p("| Backend | Library | CS/s | hand-off p50 | hand-off p99 | ÷ acquire | same holder | round trips per CS | overlaps | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, s := range r.subjects {
 			ratio := r.pairWith(s.Name, w, wUncontended, func(c, u *result) (float64, bool) {
 				a := percentile(u.Acquire, .5)
 				return float64(percentile(c.Handoff, .5)) / float64(a), len(c.Handoff) > 0 && a > 0
 			})
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 				f(r.across(s.Name, w, opsRate), 0),
 				f(r.across(s.Name, w, pct(.5, handoffOf)), 3),
 				f(r.across(s.Name, w, pct(.99, handoffOf)), 3),
@@ -347,6 +344,7 @@ func (r *report) write(w io.Writer) error {
 				fm(r.across(s.Name, w, func(x *result) (float64, bool) {
 					return 100 * float64(x.Same) / float64(x.Ops), x.Ops > 0
 				}), 0)+"%",
+				r.tripsOf(s.Name, w),
 				r.overlaps1(s.Name, w),
 				r.errorCount(s.Name, w))
 		}
@@ -379,6 +377,19 @@ func (r *report) pairWith(name, a, b string, fn func(x, y *result) (float64, boo
 		}
 	}
 	return spreadOf(xs)
+}
+
+// tripsOf formats the round trips counted for name in workload w.
+func (r *report) tripsOf(name, w string) string {
+	t, ok := r.roundTrips[name][w]
+	if !ok {
+		return "–"
+	}
+	s := fmt.Sprintf("%.1f", t.PerOp)
+	if t.Conns > 0 {
+		s += fmt.Sprintf(" (+%d connections)", t.Conns)
+	}
+	return s
 }
 
 // overlapCount totals the overlaps of every contended workload of name.

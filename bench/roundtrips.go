@@ -18,6 +18,7 @@ type counter struct {
 	target   string
 	requests atomic.Int64 // bursts from client to server
 	replies  atomic.Int64 // bursts from server to client
+	accepted atomic.Int64 // connections opened
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	conns    []net.Conn
@@ -46,6 +47,7 @@ func (c *counter) accept() {
 			client.Close()
 			continue
 		}
+		c.accepted.Add(1)
 		c.mu.Lock()
 		c.conns = append(c.conns, client, server)
 		c.mu.Unlock()
@@ -73,7 +75,7 @@ func (c *counter) pipe(dst, src net.Conn, n *atomic.Int64) {
 	}
 }
 
-func (c *counter) reset() { c.requests.Store(0); c.replies.Store(0) }
+func (c *counter) reset() { c.requests.Store(0); c.replies.Store(0); c.accepted.Store(0) }
 
 func (c *counter) close() {
 	c.ln.Close()
@@ -103,9 +105,19 @@ func proxied(rawURL string, counters *[]*counter) (string, error) {
 	return u.String(), nil
 }
 
-// roundTrips measures the round trips of one uncontended lock+unlock of s,
-// summed over every server it talks to, over n pairs after a warm-up.
-func roundTrips(ctx context.Context, s subject, e env, n int) (float64, error) {
+// trips is what roundTrips counted for one workload.
+type trips struct {
+	PerOp float64 // replies per lock+unlock (per critical section when contended)
+	Conns int64   // connections opened while counting
+}
+
+// roundTrips counts, through loopback proxies in front of s's servers, the
+// round trips (server replies, summed over the servers) and the new
+// connections of: n uncontended lock+unlock pairs after a warm-up, and of
+// each contended workload run for d. The proxies add latency, so only the
+// counts are kept.
+func roundTrips(ctx context.Context, s subject, cfg *config, n int, d time.Duration) (map[string]trips, error) {
+	e := cfg.Env
 	var counters []*counter
 	defer func() {
 		for _, c := range counters {
@@ -133,52 +145,74 @@ func roundTrips(ctx context.Context, s subject, e env, n int) (float64, error) {
 		}
 		e.RedlockURLs = urls
 	case bMongo:
-		// One connection, no server discovery beyond this address.
+		// One server, no discovery beyond this address.
 		e.MongoURL = rewrite(e.MongoURL)
 		if err == nil {
 			e.MongoURL = withQuery(e.MongoURL, "directConnection", "true")
 		}
 	}
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := s.open(octx, &e)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer c.close()
-	m := c.newMutex("bench:roundtrips:"+slug(s.Name)+":"+randomOwner()[:8], time.Millisecond)
-	pair := func() error {
-		lctx, cancel := context.WithTimeout(ctx, opTimeout)
-		defer cancel()
-		if err := m.Lock(lctx); err != nil {
-			return err
+
+	key := "bench:roundtrips:" + slug(s.Name) + ":" + randomOwner()[:8]
+	if r := runUncontended(ctx, cfg.mutexes(c, wUncontended), key+":warmup", 50*time.Millisecond); r.Errors > 0 {
+		return nil, r.FirstErr
+	}
+	count := func(ops int) trips {
+		var t trips
+		for _, c := range counters {
+			t.PerOp += float64(c.replies.Load())
+			t.Conns += c.accepted.Load()
 		}
-		return m.Unlock(lctx)
+		if ops > 0 {
+			t.PerOp /= float64(ops)
+		}
+		return t
 	}
-	for range 20 {
-		if err := pair(); err != nil {
-			return 0, err
+	reset := func() {
+		// Let traffic still on its way settle before counting.
+		time.Sleep(20 * time.Millisecond)
+		for _, c := range counters {
+			c.reset()
 		}
 	}
-	// Let background traffic of the warm-up (pool health checks, replies
-	// still on their way) settle before counting.
-	time.Sleep(20 * time.Millisecond)
-	for _, c := range counters {
-		c.reset()
-	}
+	out := map[string]trips{}
+
+	reset()
+	m := c.newMutex(key, cfg.Poll)
 	for range n {
-		if err := pair(); err != nil {
-			return 0, err
+		lctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := m.Lock(lctx)
+		if err == nil {
+			err = m.Unlock(lctx)
+		}
+		cancel()
+		if err != nil {
+			return nil, err
 		}
 	}
-	var replies int64
-	for _, c := range counters {
-		replies += c.replies.Load()
+	out[wUncontended] = count(n)
+
+	for _, w := range []string{wContended, wRelaxed} {
+		if !cfg.Workloads[w] {
+			continue
+		}
+		reset()
+		r := runContended(ctx, cfg.mutexes(c, w), key+":"+w, cfg.Contenders, cfg.Hold, d)
+		if r.Errors > 0 {
+			return nil, r.FirstErr
+		}
+		out[w] = count(r.Ops)
 	}
-	return float64(replies) / float64(n), nil
+	return out, nil
 }
 
 func withQuery(rawURL, k, v string) string {
