@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -265,10 +267,13 @@ func TestRunHeldAndWait(t *testing.T) {
 			t.Fatal("a command ran while the lock was held elsewhere")
 		}
 
-		waiter := start(t, nil, runArgs("--wait", "2m")...)
-		if waiter.exited() {
-			t.Fatalf("waiter exited %d while the lock was held; stderr: %s", waiter.code, waiter.stderr.String())
-		}
+		waiter := start(t, nil, runArgs("--wait", "2m", "-v")...)
+		waitFor(t, 30*time.Second, "the waiter to report waiting", func() bool {
+			if waiter.exited() {
+				t.Fatalf("waiter exited %d while the lock was held; stderr: %s", waiter.code, waiter.stderr.String())
+			}
+			return strings.Contains(waiter.stderr.String(), "waiting up to 2m0s")
+		})
 		h.stop()
 		wantCode(t, "holder", h.wait(t, time.Minute), 0, h.stderr.String())
 		wantCode(t, "waiter", waiter.wait(t, time.Minute), 0, waiter.stderr.String())
@@ -491,7 +496,9 @@ func TestURLFromEnvironment(t *testing.T) {
 func TestMigrate(t *testing.T) {
 	t.Parallel()
 	url, schema := testutil.PostgresSchema(t)
-	table := schema + ".migrate_test"
+	var suffix [4]byte
+	_, _ = rand.Read(suffix[:])
+	table := schema + ".migrate_" + hex.EncodeToString(suffix[:])
 	steps := []struct {
 		args []string
 		want []string

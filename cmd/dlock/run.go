@@ -42,6 +42,8 @@ COMMAND in dlock's own (foreground) process group, so that COMMAND can use the
 terminal and job control works as with flock(1): the keyboard's Ctrl-C and
 Ctrl-\ then reach COMMAND directly and dlock does not forward SIGINT and
 SIGQUIT a second time; after a loss only COMMAND itself is signalled.
+(While stopped with Ctrl-Z, dlock cannot refresh the lease: a lease that
+ran out meanwhile counts as lost when it continues.)
 Processes that COMMAND leaves running in the background when it exits are
 not waited for: the lock is released when COMMAND exits.
 
