@@ -19,6 +19,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/dlock-go/dlock/drivers/mongolocker"
 	"github.com/dlock-go/dlock/drivers/pglocker"
 	"github.com/dlock-go/dlock/drivers/redislocker"
 	"github.com/dlock-go/dlock/locker"
@@ -97,6 +98,8 @@ func subjects() []subject {
 
 		{Name: "raw mongo-driver", Backend: bMongo, Kind: kFloor, open: openRawMongo,
 			Settings: "insertOne({_id: key, owner, expiresAt}) + deleteOne({_id, owner}); waiters retry every poll ±50%"},
+		{Name: "dlock mongolocker", Backend: bMongo, Kind: kDlock, open: openDlockMongo,
+			Settings: "mongolocker.New(collection); Retries(Unlimited), WithBackoff(Jitter(poll, 0.5))"},
 	}
 }
 
@@ -447,4 +450,26 @@ func openRawMongo(ctx context.Context, e *env) (*client, error) {
 		},
 		close: func() { _ = mc.Disconnect(context.Background()) },
 	}, nil
+}
+
+func openDlockMongo(ctx context.Context, e *env) (*client, error) {
+	mc, err := openMongo(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	closeFn := func() { _ = mc.Disconnect(context.Background()) }
+	coll := mc.Database(mongoDB).Collection("dlock")
+	if _, err := coll.DeleteMany(ctx, map[string]any{}); err != nil {
+		closeFn()
+		return nil, err
+	}
+	l, err := mongolocker.New(coll)
+	if err == nil {
+		err = l.EnsureIndexes(ctx)
+	}
+	if err != nil {
+		closeFn()
+		return nil, err
+	}
+	return dlockClient(l, e, closeFn)
 }
