@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -463,6 +464,36 @@ func TestStorageDown(t *testing.T) {
 	code, _, errOut = dlock(t, nil, "status", "--url", url, "k")
 	wantCode(t, "status on a dead server", code, exitFailure, errOut)
 	oneLineMsg(t, errOut, "connection refused")
+
+	// A server that accepts connections and never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 100)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	// The short TTL bounds the clean-up release of the cut-short attempt.
+	code, _, errOut = dlock(t, nil, "run", "--url", "redis://"+ln.Addr().String(), "--key", "k", "--ttl", "1s", "--wait", "300ms", "--", "touch", marker)
+	wantCode(t, "run --wait on a silent server", code, exitUnavailable, errOut)
+	oneLineMsg(t, errOut, "the storage did not answer within 300ms")
+	if exists(marker) {
+		t.Fatal("the command ran")
+	}
 }
 
 // TestURLFromEnvironment: DLOCK_URL stands in for --url, and may list

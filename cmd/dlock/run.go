@@ -225,9 +225,10 @@ func (r *runner) acquire(lk *locker.Lock, sigs <-chan os.Signal) error {
 			done <- lk.Lock(wctx, locker.Retries(locker.Unlimited), locker.WithBackoff(waitBackoff))
 			return
 		}
-		// One attempt, bounded by a lease's length: a lease granted any
-		// later would have expired on arrival.
-		tctx, tcancel := context.WithTimeout(ctx, r.ttl)
+		// One attempt, bounded so that a storage that does not answer
+		// cannot hang a cron job (a lease granted after a TTL has passed is
+		// refused by the locker as expired on arrival).
+		tctx, tcancel := context.WithTimeout(ctx, r.tryTimeout())
 		defer tcancel()
 		done <- lk.TryLock(tctx)
 	}()
@@ -257,7 +258,7 @@ func (r *runner) acquire(lk *locker.Lock, sigs <-chan os.Signal) error {
 	case attempts == 0:
 		limit := r.wait
 		if limit == 0 {
-			limit = r.ttl
+			limit = r.tryTimeout()
 		}
 		return failf(exitUnavailable, "cannot take lock %q: the storage did not answer within %v; nothing run", r.key, limit)
 	}
@@ -269,6 +270,10 @@ func (r *runner) acquire(lk *locker.Lock, sigs <-chan os.Signal) error {
 	}
 	return failf(exitNotObtained, "lock %q is held elsewhere; %s not run", r.key, r.name)
 }
+
+// tryTimeout bounds a single attempt without --wait: a lease's length, but
+// at least 10s, so that a short TTL leaves room to connect.
+func (r *runner) tryTimeout() time.Duration { return max(r.ttl, 10*time.Second) }
 
 // supervise runs the command under the held lock, forwards signals,
 // terminates the command if the lock is lost, and releases the lock.
