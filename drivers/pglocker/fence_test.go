@@ -77,7 +77,7 @@ func TestFenceRejectsStaleHolder(t *testing.T) {
 			fresh := newLocker(t, openDB(t, sqlDriver, fx.url), fx.table)
 			key := testutil.Key(t)
 
-			old, err := stale.Acquire(ctx, key, "stale", 20*time.Millisecond)
+			old, err := stale.Acquire(ctx, key, "stale", 500*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,7 +137,7 @@ func TestFenceHoldsOffTakeover(t *testing.T) {
 	taker := newLocker(t, openDB(t, "pgx", fx.url), table)
 	key := testutil.Key(t)
 
-	lease, err := holder.Acquire(ctx, key, "holder", 50*time.Millisecond)
+	lease, err := holder.Acquire(ctx, key, "holder", 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestFencedWritesNeverOverlap(t *testing.T) {
 	createWrites(t, admin, fx.schema)
 	key := testutil.Key(t)
 	const workers, rounds = 6, 8
-	const ttl = 25 * time.Millisecond
+	const ttl = 80 * time.Millisecond
 	var rejected, written atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
