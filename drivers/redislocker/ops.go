@@ -84,14 +84,32 @@ func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Durati
 		}
 		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %w", err)
 	}
-	token, err := redis.Int64(v, nil)
-	if err != nil {
-		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %w", err)
-	}
-	if token == 0 {
+	switch v := v.(type) {
+	case int64:
+		if v >= 1 {
+			return locker.Lease{Token: v, Validity: time.Duration(ms) * time.Millisecond}, nil
+		}
+	case []byte: // the holder's owner
 		return locker.Lease{}, locker.ErrNotObtained
 	}
-	return locker.Lease{Token: token, Validity: time.Duration(ms) * time.Millisecond}, nil
+	return locker.Lease{}, fmt.Errorf("redislocker: acquire: unexpected reply %v from acquire.lua", v)
+}
+
+// acquireReply interprets acquire.lua's reply: a token when granted, else
+// the holder's owner (held true), or an error.
+func acquireReply(v interface{}, err error) (token int64, holder string, held bool, _ error) {
+	if err != nil {
+		return 0, "", false, err
+	}
+	switch v := v.(type) {
+	case int64:
+		if v >= 1 {
+			return v, "", false, nil
+		}
+	case []byte:
+		return 0, string(v), true, nil
+	}
+	return 0, "", false, fmt.Errorf("unexpected reply %v from acquire.lua", v)
 }
 
 // Refresh extends owner's live lease on key to ttl from now (storage clock),

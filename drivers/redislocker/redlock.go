@@ -133,13 +133,18 @@ const (
 	nodeHeld           // held by a live lease of another owner (or this one's own)
 )
 
-// maxSplitRetries bounds the rounds a split-vote leader spends collecting
-// the nodes the other contenders release; splitBudget bounds their time as
-// a fraction of the TTL.
+// Bounds of a split-vote leader's extra rounds: at most maxSplitRetries,
+// within TTL/splitBudget and splitRounds times the first round's duration.
 const (
 	maxSplitRetries = 8
-	splitBudget     = 4 // at most TTL/splitBudget
+	splitBudget     = 4
+	splitRounds     = 20
 )
+
+func granted(r reply) bool {
+	t, _, _, err := acquireReply(r.v, r.err)
+	return err == nil && t > 0
+}
 
 // acquireRedlock runs the Redlock acquisition: acquire.lua on every node at
 // once, bounded by the lease's own end. With a quorum of grants, the
@@ -150,15 +155,16 @@ const (
 // Validity is counted, as [locker.Lease] says, from the call: ttl less the
 // drift, so that a caller counting from its own send time (as
 // [locker.Lock] does) gets Redlock's validity without subtracting the
-// elapsed time twice. Without a quorum or time left, the
-// attempt is released on every node that may have granted it.
+// elapsed time twice. Without a quorum or time left, the attempt is
+// released on every node that may have granted it.
 //
-// Split votes: when contenders split the nodes so that none has a quorum,
-// the one holding the lowest-numbered node that answered is the leader: it
-// keeps its grants and asks again, for a short while, for the nodes the
-// others release, while the others give up. So a race for a free key has a
-// winner, as on a single server. Only liveness depends on this; safety
-// rests on the quorum alone.
+// Split votes: when contenders split the nodes so that no owner has a
+// quorum, the leader — the contender with the most nodes, ties going to
+// the one with the lowest-numbered node — keeps its grants and asks again,
+// for a few round trips, for the nodes the others release, while the others
+// give up. So a race for a free key has a winner, as on a single server.
+// A key that another owner holds on a quorum is never waited for. Only
+// liveness depends on this; safety rests on the quorum alone.
 func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
 	ttl := time.Duration(ms) * time.Millisecond
 	start := time.Now() // monotonic: taken before the first request leaves
@@ -168,20 +174,21 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	n := len(l.nodes)
 	state := make([]int8, n)
 	tokens := make([]int64, n)
+	holders := make([]string, n)
 	var asked []reply // every reply, for cleanup and error reports
 	record := func(rs []reply) {
 		for _, r := range rs {
 			asked = append(asked, r)
-			t, err := redis.Int64(r.v, r.err)
+			t, holder, held, err := acquireReply(r.v, r.err)
 			switch {
 			case err != nil:
 				if state[r.node] != nodeGranted {
 					state[r.node] = nodeUnknown
 				}
-			case t > 0:
-				state[r.node], tokens[r.node] = nodeGranted, t
+			case held:
+				state[r.node], holders[r.node] = nodeHeld, holder
 			default:
-				state[r.node] = nodeHeld
+				state[r.node], tokens[r.node] = nodeGranted, t
 			}
 		}
 	}
@@ -195,16 +202,14 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 		return c
 	}
 
-	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), acquireScript, lk, lk+":token", owner, ms)
+	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(granted), acquireScript, lk, lk+":token", owner, ms)
 	record(first)
-	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state) {
+	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state, holders) {
 		round := time.Since(start)
+		budget := min(ttl/splitBudget, splitRounds*max(round, time.Millisecond))
 		for try := 0; try < maxSplitRetries && count(nodeGranted) < l.quorum; try++ {
 			wait := max(round, 200*time.Microsecond) << min(try, 3)
-			if time.Since(start)+wait > ttl/splitBudget {
-				break
-			}
-			if !sleep(dctx, wait) {
+			if time.Since(start)+wait > budget || !sleep(dctx, wait) {
 				break
 			}
 			var held []int
@@ -217,31 +222,34 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 			record(l.fanout(dctx, held, func(rs []reply) bool {
 				ok := 0
 				for _, r := range rs {
-					if positive(r) {
+					if granted(r) {
 						ok++
 					}
 				}
 				return ok >= need || len(rs)-ok > len(held)-need
 			}, acquireScript, lk, lk+":token", owner, ms))
+			if !l.splitLeader(state, holders) {
+				break
+			}
 		}
 	}
 
-	var granted []int
+	var mine []int
 	var token int64
 	agree := true
 	for i, x := range state {
 		if x != nodeGranted {
 			continue
 		}
-		if len(granted) > 0 && tokens[i] != token {
+		if len(mine) > 0 && tokens[i] != token {
 			agree = false
 		}
 		token = max(token, tokens[i])
-		granted = append(granted, i)
+		mine = append(mine, i)
 	}
 	fenceErr := error(nil)
-	if len(granted) >= l.quorum && !agree {
-		fs := l.fanout(dctx, granted, l.quorumDecided(positive), fenceScript, lk, lk+":token", owner, token)
+	if len(mine) >= l.quorum && !agree {
+		fs := l.fanout(dctx, mine, l.quorumDecided(positive), fenceScript, lk, lk+":token", owner, token)
 		fenced := 0
 		for _, r := range fs {
 			if positive(r) {
@@ -249,13 +257,13 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 			}
 		}
 		if fenced < l.quorum {
-			granted = granted[:0] // below quorum: fail below
+			mine = mine[:0] // below quorum: fail below
 			fenceErr = nodeErrors(fs)
 		}
 	}
 	elapsed := time.Since(start)
 	left := ttl - elapsed - l.drift(ttl) // Redlock's validity
-	if len(granted) >= l.quorum && left > 0 {
+	if len(mine) >= l.quorum && left > 0 {
 		return locker.Lease{Token: token, Validity: ttl - l.drift(ttl)}, nil
 	}
 
@@ -264,7 +272,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	var dirty []Pool
 	seen := make([]bool, n)
 	for _, r := range asked {
-		if t, err := redis.Int64(r.v, r.err); (err != nil || t != 0) && !seen[r.node] {
+		if _, _, held, err := acquireReply(r.v, r.err); (err != nil || !held) && !seen[r.node] {
 			seen[r.node] = true
 			dirty = append(dirty, l.nodes[r.node])
 		}
@@ -279,24 +287,46 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %d of %d nodes failed: %w", countErrors(first), n, nodeErrors(first))
 	case fenceErr != nil:
 		return locker.Lease{}, fmt.Errorf("redislocker: acquire: fencing the token on a quorum failed: %w", fenceErr)
-	case len(granted) >= l.quorum:
+	case len(mine) >= l.quorum:
 		return locker.Lease{}, fmt.Errorf("redislocker: acquire: a quorum answered after %v, leaving no validity of the %v TTL: %w",
 			elapsed.Round(time.Microsecond), ttl, locker.ErrNotObtained)
 	}
 	return locker.Lease{}, locker.ErrNotObtained
 }
 
-// splitLeader reports whether this attempt holds the lowest-numbered node
-// that answered (granted or held), which makes it the one contender that
-// keeps trying after a split vote. A node grants one owner at a time, so at
-// most one contender is leader unless nodes fail.
-func (l *Locker) splitLeader(state []int8) bool {
-	for _, x := range state {
-		if x != nodeUnknown {
-			return x == nodeGranted
+// splitLeader reports whether this attempt leads a split vote: no other
+// owner holds a quorum of the nodes that answered, and this attempt holds
+// more nodes than any other owner, or as many and a lower-numbered one. A
+// node grants one owner at a time, so contenders that see the same nodes
+// agree on one leader.
+func (l *Locker) splitLeader(state []int8, holders []string) bool {
+	mine, myFirst := 0, -1
+	others := map[string][2]int{} // owner → {nodes, first node}
+	for i, x := range state {
+		switch x {
+		case nodeGranted:
+			if mine == 0 {
+				myFirst = i
+			}
+			mine++
+		case nodeHeld:
+			o, ok := others[holders[i]]
+			if !ok {
+				o[1] = i
+			}
+			o[0]++
+			others[holders[i]] = o
 		}
 	}
-	return false
+	if mine == 0 {
+		return false
+	}
+	for _, o := range others {
+		if o[0] >= l.quorum || o[0] > mine || (o[0] == mine && o[1] < myFirst) {
+			return false
+		}
+	}
+	return true
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

@@ -433,3 +433,33 @@ func TestRedlockInspectReportsQuorum(t *testing.T) {
 		t.Fatalf("Release touched another owner's entry: %q, %v", v, err)
 	}
 }
+
+// TestRedlockDoesNotWaitOutAHolder: an attempt that wins the free nodes of
+// a key another owner holds on a quorum gives up at once; it does not wait
+// for that lease to end (Acquire is one attempt).
+func TestRedlockDoesNotWaitOutAHolder(t *testing.T) {
+	t.Parallel()
+	ss := group(t, 5)
+	l := redlockOn(t, urlsOf(ss))
+	ctx := ctxFor(t, 10*time.Second)
+	key := testutil.Key(t)
+	lockKey := redislocker.DefaultPrefix + ":{" + key + "}"
+	for _, s := range ss[1:4] { // a quorum, without the lowest node
+		if _, err := do(t, s.URL(), "SET", lockKey, "5:holder", "PX", 1500); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	_, err := l.Acquire(ctx, key, "a", 10*time.Second)
+	if !errors.Is(err, locker.ErrNotObtained) {
+		t.Fatalf("Acquire of a key held on a quorum: %v; want ErrNotObtained", err)
+	}
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Fatalf("Acquire took %v: it waited for the holder", took)
+	}
+	for _, s := range []*testutil.RedisServer{ss[0], ss[4]} {
+		if lockKeyExists(t, s.URL(), key) {
+			t.Fatal("the failed attempt left its grant on a free node")
+		}
+	}
+}

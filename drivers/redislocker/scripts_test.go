@@ -45,8 +45,8 @@ func TestScriptReplies(t *testing.T) {
 		{"release free", eval(lua.Release, 1, lk, "a"), int64(0)},
 		{"fence free", eval(lua.Fence, 2, lk, ck, "a", 7), int64(0)},
 		{"acquire free", eval(lua.Acquire, 2, lk, ck, "a", 60000), int64(1)},
-		{"acquire held by other", eval(lua.Acquire, 2, lk, ck, "b", 60000), int64(0)},
-		{"acquire held by self", eval(lua.Acquire, 2, lk, ck, "a", 60000), int64(0)},
+		{"acquire held by other", eval(lua.Acquire, 2, lk, ck, "b", 60000), []byte("a")},
+		{"acquire held by self", eval(lua.Acquire, 2, lk, ck, "a", 60000), []byte("a")},
 		{"refresh by other", eval(lua.Refresh, 1, lk, "b", 1000), int64(0)},
 		{"refresh by prefix of owner", eval(lua.Refresh, 1, lk, "", 1000), int64(0)},
 		{"refresh by owner", eval(lua.Refresh, 1, lk, "a", 90000), int64(1)},
@@ -85,6 +85,9 @@ func TestScriptReplies(t *testing.T) {
 	}
 	if _, err := c.Do("EVAL", lua.Inspect, 1, "p:{bad}"); err == nil {
 		t.Fatal("inspect of a value dlock did not write: no error")
+	}
+	if v, err := c.Do("EVAL", lua.Acquire, 2, "p:{bad}", "p:{bad}:token", "a", 1000); err != nil || !reflect.DeepEqual(v, []byte("")) {
+		t.Fatalf("acquire over a value dlock did not write = %#v, %v; want held by \"\"", v, err)
 	}
 }
 

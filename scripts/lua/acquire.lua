@@ -8,14 +8,22 @@
 -- ARGV[1]  owner        non-empty string
 -- ARGV[2]  ttl          lease length in milliseconds, an integer >= 1
 --
--- Returns an integer:
---   >= 1  the key was free (never locked, released or expired); it is now
---         held by owner for ttl ms and the value is the new fencing token,
---         strictly greater than every token handed out for the key before
---   0     the key is held by a live lease (owner's own included: a lock is
---         not re-entrant); nothing changed
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+-- Returns
+--   an integer >= 1  the key was free (never locked, released or expired);
+--                    it is now held by owner for ttl ms and the value is the
+--                    new fencing token, strictly greater than every token
+--                    handed out for the key before
+--   a bulk string    the key is held by a live lease (owner's own included:
+--                    a lock is not re-entrant); the value is the holder's
+--                    owner ("" if the lock key was not written by dlock);
+--                    nothing changed
+local held = redis.call('GET', KEYS[1])
+if held then
+  local sep = string.find(held, ':', 1, true)
+  if not sep then
+    return ''
+  end
+  return string.sub(held, sep + 1)
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], string.format('%d:%s', token, ARGV[1]), 'PX', ARGV[2])

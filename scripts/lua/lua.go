@@ -8,15 +8,16 @@
 //	P:{K}:token  the key's fencing-token counter: an integer without expiry
 //
 // The braces make both keys share a Redis Cluster hash slot. Every script
-// returns an integer or an array, never a nil-versus-OK status, so callers
-// can tell each outcome apart.
+// returns an integer, a bulk string or an array, never a nil-versus-OK
+// status, so callers can tell each outcome apart by its type and value.
 package lua
 
 import _ "embed"
 
 var (
 	// Acquire takes a free key: KEYS lock, counter; ARGV owner, ttl in ms.
-	// It returns the new fencing token, or 0 when the key is held.
+	// It returns the new fencing token (an integer), or the holder's owner
+	// (a bulk string) when the key is held.
 	//
 	//go:embed acquire.lua
 	Acquire string
