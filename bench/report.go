@@ -216,6 +216,12 @@ func timeRatio(x, fl *result) (float64, bool) {
 	return fl.opsPerSec() / x.opsPerSec(), true
 }
 
+// p50Ratio is the subject's lock+unlock p50 over the floor's.
+func p50Ratio(x, fl *result) (float64, bool) {
+	a, b := percentile(x.Pair, .5), percentile(fl.Pair, .5)
+	return float64(a) / float64(b), a > 0 && b > 0
+}
+
 func pct(p float64, get func(*result) []time.Duration) func(*result) (float64, bool) {
 	return func(x *result) (float64, bool) {
 		d := get(x)
@@ -276,14 +282,14 @@ func (r *report) write(w io.Writer) error {
 	}
 
 	p("\n## Summary\n\n")
-	p("Time per lock+unlock as a multiple of the raw floor's in the same round (1.00 = as fast as the floor; lower is better); then, for %d goroutines taking turns on one key with a %v critical section, critical sections per second (higher is better; `time.Sleep(%v)` caps it near %.0f here) and the hand-off p50 in milliseconds, with waiters retrying every %v and every %v.\n\n",
-		cfg.Contenders, cfg.Hold, cfg.Hold, r.sleepCap, cfg.Poll, cfg.Relaxed)
+	p("Uncontended: the lock+unlock p50 as a multiple of the raw floor's in the same round (1.00 = as fast as the floor; lower is better). %d goroutines: time per lock+unlock (the inverse of throughput) as a multiple of the floor's. Then, for %d goroutines taking turns on one key with a %v critical section, critical sections per second (higher is better; `time.Sleep(%v)` caps it near %.0f here) and the hand-off p50 in milliseconds, with waiters retrying every %v and every %v.\n\n",
+		cfg.Parallel, cfg.Contenders, cfg.Hold, cfg.Hold, r.sleepCap, cfg.Poll, cfg.Relaxed)
 	p("| Backend | Library | uncontended × floor | %d goroutines × floor | CS/s, poll %v | hand-off p50, poll %v | CS/s, poll %v | hand-off p50, poll %v | overlaps |\n",
 		cfg.Parallel, cfg.Poll, cfg.Poll, cfg.Relaxed, cfg.Relaxed)
 	p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.subjects {
 		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
-			fm(r.vsFloor(s, wUncontended, timeRatio), 2),
+			fm(r.vsFloor(s, wUncontended, p50Ratio), 2),
 			fm(r.vsFloor(s, wParallel, timeRatio), 2),
 			fm(r.across(s.Name, wContended, opsRate), 0),
 			fm(r.across(s.Name, wContended, pct(.5, handoffOf)), 3),
@@ -295,13 +301,14 @@ func (r *report) write(w io.Writer) error {
 	if cfg.Workloads[wUncontended] {
 		p("\n## Uncontended: lock+unlock on one goroutine\n\n")
 		p("Latencies in milliseconds. *acquire* is the lock call alone; *lock+unlock* the pair. *Allocs* are the whole process's heap allocations per pair. *Round trips* are the server replies per pair, summed over the servers, counted through a loopback proxy over %d pairs before the rounds.\n\n", cfg.RoundTrips)
-		p("| Backend | Library | acquire p50 | lock+unlock p50 | lock+unlock p99 | ops/s | × floor | round trips | allocs/op | errors |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("| Backend | Library | acquire p50 | lock+unlock p50 | × floor p50 | lock+unlock p99 | ops/s | × floor time/op | round trips | allocs/op | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, s := range r.subjects {
 			rt := r.tripsOf(s.Name, wUncontended)
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 				f(r.across(s.Name, wUncontended, pct(.5, acquireOf)), 3),
 				f(r.across(s.Name, wUncontended, pct(.5, pairOf)), 3),
+				f(r.vsFloor(s, wUncontended, p50Ratio), 2),
 				f(r.across(s.Name, wUncontended, pct(.99, pairOf)), 3),
 				f(r.across(s.Name, wUncontended, opsRate), 0),
 				f(r.vsFloor(s, wUncontended, timeRatio), 2),
