@@ -58,7 +58,12 @@
 // past its validity; a slow minority does not delay the answer. Without a quorum
 // or with no validity left, the attempt is released on every node that may
 // have granted it, and Acquire returns [locker.ErrNotObtained] — unless a
-// majority of nodes failed with errors, which is a backend error. Refresh
+// majority of nodes failed with errors, which is a backend error. When
+// contenders for a free key split the nodes so that none has a quorum (the
+// classic Redlock split vote), the one holding the most nodes (ties: the
+// lowest-numbered node) keeps its grants and asks again, for a few round
+// trips, for the nodes the others release; so a race has a winner. It never
+// waits for a key that another owner holds on a quorum. Refresh
 // needs a quorum too (validity is counted the same way); Release deletes
 // the owner's lease on every node it can reach; Inspect reports the lease a
 // quorum of nodes agrees on.
