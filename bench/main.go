@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -84,6 +85,7 @@ func main() {
 		only      = flag.String("only", "", "regexp: measure only the subjects whose backend/name matches")
 		wl        = flag.String("workloads", strings.Join(workloads, ","), "comma-separated workloads to run")
 		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		memprof   = flag.String("memprofile", "", "record every allocation and write the allocation profile of the whole run to this file (slows the run)")
 		commandAs = flag.String("command", "", "the command line to state in the report (default: this program's arguments)")
 	)
 	flag.IntVar(&cfg.Rounds, "rounds", 3, "rounds; subjects are interleaved within each")
@@ -147,6 +149,20 @@ func main() {
 			fatalf("%v", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+
+	if *memprof != "" {
+		runtime.MemProfileRate = 1
+		defer func() {
+			f, err := os.Create(*memprof)
+			if err != nil {
+				fatalf("%v", err)
+			}
+			defer f.Close()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fatalf("%v", err)
+			}
+		}()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
