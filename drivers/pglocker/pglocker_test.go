@@ -32,17 +32,19 @@ func TestMain(m *testing.M) {
 var sqlDrivers = []string{"postgres", "pgx"}
 
 // driver describes pglocker over the database/sql driver sqlDriver to the
-// conformance suite: every client gets a pool of its own.
+// conformance suite: every client gets a pool of its own, connected before it
+// is handed out, so that a short lease's first acquire does not include
+// dialling and authentication.
 func driver(name, sqlDriver string) testutil.Driver {
 	return testutil.Driver{
 		Name: name,
 		New: func(t testing.TB) locker.Locker {
 			url, schema := testutil.PostgresSchema(t)
-			return newLocker(t, openDB(t, sqlDriver, url), schema+".dlock_locks")
+			return newLocker(t, connectedDB(t, sqlDriver, url), schema+".dlock_locks")
 		},
 		NewNamespace: func(t testing.TB, ns string) locker.Locker {
 			url, _ := testutil.PostgresSchema(t)
-			return newLocker(t, openDB(t, sqlDriver, url), testutil.PostgresTable(t, "ns_"+ns))
+			return newLocker(t, connectedDB(t, sqlDriver, url), testutil.PostgresTable(t, "ns_"+ns))
 		},
 		Broken: func(t testing.TB) locker.Locker {
 			// A table that does not exist: every statement fails with 42P01.
@@ -73,6 +75,18 @@ func openDB(t testing.TB, sqlDriver, url string) *sql.DB {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// connectedDB is openDB with one connection already made.
+func connectedDB(t testing.TB, sqlDriver, url string) *sql.DB {
+	t.Helper()
+	db := openDB(t, sqlDriver, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
 	return db
 }
 
