@@ -234,9 +234,32 @@ func (s *RedisServer) signal(sig os.Signal) error {
 	return s.cmd.Process.Signal(sig)
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago, chosen
+// below the kernel's ephemeral range: a client dialling a dead port inside
+// that range can, once in tens of thousands of dials, be given the same port
+// as its source and connect to itself (TCP simultaneous open), reading its
+// own request back as the reply.
 func freePort(t testing.TB) int {
 	t.Helper()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
+	}
+	const base = 20000
+	if lo > base+1000 {
+		for i := 0; i < 100; i++ {
+			port := base + int(randUint32()%uint32(lo-base))
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+			if err == nil {
+				ln.Close()
+				return port
+			}
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("find a free port: %v", err)
@@ -245,6 +268,12 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago, e.g. for
-// a URL on which nothing listens.
+func randUint32() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago, below
+// the ephemeral range, e.g. for a URL on which nothing listens.
 func FreePort(t testing.TB) int { return freePort(t) }

@@ -134,11 +134,14 @@ const (
 )
 
 // Bounds of a split-vote leader's extra rounds: at most maxSplitRetries,
-// within TTL/splitBudget and splitRounds times the first round's duration.
+// within TTL/splitBudget and splitRounds times the first round's duration
+// (at least minSplitBudget, for the losers' releases to land on a busy
+// machine).
 const (
 	maxSplitRetries = 8
 	splitBudget     = 4
 	splitRounds     = 20
+	minSplitBudget  = 250 * time.Millisecond
 )
 
 func granted(r reply) bool {
@@ -206,7 +209,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	record(first)
 	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state, holders) {
 		round := time.Since(start)
-		budget := min(ttl/splitBudget, splitRounds*max(round, time.Millisecond))
+		budget := min(ttl/splitBudget, max(splitRounds*round, minSplitBudget))
 		for try := 0; try < maxSplitRetries && count(nodeGranted) < l.quorum; try++ {
 			wait := max(round, 200*time.Microsecond) << min(try, 3)
 			if time.Since(start)+wait > budget || !sleep(dctx, wait) {

@@ -298,11 +298,15 @@ func TestRedlockTokensAcrossDivergedCounters(t *testing.T) {
 	if a.Token != 101 {
 		t.Fatalf("token %d, want 101 (the highest node's)", a.Token)
 	}
-	for i, s := range ss {
-		n, err := redis.Int64(do(t, s.URL(), "GET", counter))
-		if err != nil || n < a.Token {
-			t.Fatalf("node %d counter = %d, %v; want >= %d", i, n, err, a.Token)
+	// The granting nodes (a quorum, perhaps not all three) were raised.
+	raised := 0
+	for _, s := range ss {
+		if n, err := redis.Int64(do(t, s.URL(), "GET", counter)); err == nil && n >= a.Token {
+			raised++
 		}
+	}
+	if raised < 2 {
+		t.Fatalf("%d nodes have a counter >= %d, want a quorum", raised, a.Token)
 	}
 	if info, err := l.Inspect(ctx, key); err != nil || info.Token != a.Token {
 		t.Fatalf("Inspect = %+v, %v; want token %d", info, err, a.Token)
