@@ -205,7 +205,7 @@ func (r *report) floorOf(backend string) string {
 	return ""
 }
 
-func opsRate(x *result) (float64, bool) { return x.opsPerSec(), x.Ops > 0 }
+func opsRate(x *result) (float64, bool) { return x.opsPerSec(), x.Elapsed > 0 }
 
 // timeRatio is how many times longer than the floor one operation takes
 // (the inverse ratio of throughputs).
