@@ -49,7 +49,21 @@
 // error (a lost race under REPEATABLE READ, for instance) aborts it.
 //
 // The table name is configurable with [Table], schema-qualified if need be,
-// and always quoted; it is substituted into the SQL text at run time.
+// and always quoted; it is substituted into the SQL text at run time. On a
+// lib/pq pool the statements are prepared once per connection (see
+// [Prepared]).
+//
+// # Limits
+//
+// A lease is only as good as the server that holds it: a failover to a
+// replica that had not received the grant can hand the key out again (the
+// fencing token still tells the two holders apart if the resource checks it).
+// Acquire takes a transaction-level advisory lock on a 64-bit hash of the key
+// (pg_advisory_xact_lock(hashtextextended(key, 0))), which shares its key
+// space with the application's own advisory locks: a collision, of chance
+// 2^-64 per pair, only makes one wait for the other. Rows are never deleted
+// by expiry alone; call [Locker.Purge] now and then if many distinct keys
+// are used once.
 package pglocker
 
 import (
