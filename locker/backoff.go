@@ -1,6 +1,7 @@
 package locker
 
 import (
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -39,20 +40,26 @@ func (b ExponentialBackoff) NextBackoff(retry int) time.Duration {
 	if b.Max > 0 && ceil > b.Max {
 		ceil = b.Max
 	}
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
+	return time.Duration(rand.Uint64N(uint64(ceil) + 1)) // no overflow at MaxInt64
 }
 
-// Jitter returns a Backoff that waits d plus or minus up to frac·d, chosen at
-// random, so that waiters polling a key do not move in lock step.
+// Jitter returns a Backoff that waits d plus or minus up to frac·d (frac is
+// capped at 1), chosen at random, so that waiters polling a key do not move
+// in lock step.
 func Jitter(d time.Duration, frac float64) Backoff {
 	return BackoffFunc(func(int) time.Duration {
-		if d <= 0 || frac <= 0 {
+		if d <= 0 || !(frac > 0) {
 			return d
 		}
-		span := int64(float64(d) * frac)
+		span := d
+		if f := float64(d) * frac; f < float64(d) {
+			span = time.Duration(f)
+		}
 		if span <= 0 {
 			return d
 		}
-		return d - time.Duration(span) + time.Duration(rand.Int64N(2*span+1))
+		// In uint64, where d+span cannot overflow.
+		v := uint64(d-span) + rand.Uint64N(2*uint64(span)+1)
+		return time.Duration(min(v, uint64(math.MaxInt64)))
 	})
 }

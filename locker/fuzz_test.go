@@ -3,6 +3,7 @@ package locker_test
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -163,7 +164,11 @@ func FuzzBackoff(f *testing.F) {
 		j := locker.Jitter(time.Duration(minD), frac).NextBackoff(retry)
 		if minD > 0 && frac > 0 && frac <= 1 {
 			span := time.Duration(float64(minD) * frac)
-			if j < time.Duration(minD)-span || j > time.Duration(minD)+span {
+			upper := time.Duration(minD) + span
+			if upper < 0 { // overflowed: the policy caps at the largest Duration
+				upper = math.MaxInt64
+			}
+			if j < time.Duration(minD)-span || j > upper {
 				t.Fatalf("Jitter(%v, %v) = %v, outside ±%v", time.Duration(minD), frac, j, span)
 			}
 		}

@@ -86,6 +86,11 @@ func (l *Lock) lock(ctx, parent context.Context, opts []Option) error {
 		return err
 	}
 	l.mu.Lock()
+	if cur := l.cur; cur != nil {
+		l.mu.Unlock()
+		cur.check() // outside l.mu: a loss calls the observer
+		l.mu.Lock()
+	}
 	switch {
 	case l.acquiring:
 		l.mu.Unlock()
@@ -302,6 +307,18 @@ func (ls *lease) expire() {
 	ls.lose(fmt.Errorf("%w: the lease's validity ran out", ErrLost))
 }
 
+// check declares the lease lost if its trust deadline has passed, so that
+// every look at the lock agrees with the monotonic clock even when the
+// expiry timer has not run yet (a loaded machine, a paused process).
+func (ls *lease) check() {
+	ls.mu.Lock()
+	expired := time.Until(ls.deadline) <= earlyBy(ls.ttl)
+	ls.mu.Unlock()
+	if expired {
+		ls.lose(fmt.Errorf("%w: the lease's validity ran out", ErrLost))
+	}
+}
+
 // lose cancels the lease's context with cause, once.
 func (ls *lease) lose(cause error) {
 	if ls.ctx.Err() != nil {
@@ -413,6 +430,7 @@ func (l *Lock) current() (*lease, error) {
 	if ls == nil {
 		return nil, ErrNotHeld
 	}
+	ls.check()
 	if ls.ctx.Err() != nil {
 		return nil, context.Cause(ls.ctx)
 	}
@@ -461,6 +479,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 		return ErrNotHeld
 	}
 	var lost error
+	ls.check()
 	if ls.ctx.Err() != nil {
 		lost = context.Cause(ls.ctx)
 	}
@@ -522,13 +541,21 @@ var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c
 // Unlock, or by loss (a refresh found another owner, or the lease's validity
 // ran out without a successful refresh). With no lease it returns a closed
 // channel. After a loss, [Lock.Err] says why.
+//
+// Loss by expiry is decided on the monotonic clock: a timer closes the
+// channel a little before the lease's validity ends (5% of the TTL, at most
+// 50ms, to absorb timer latency), and every call of Done, Context, Err,
+// Held, Token, Owner or Remaining checks the deadline itself, so no look at
+// the lock after its validity sees it live, however late the timer runs.
 func (l *Lock) Done() <-chan struct{} {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.cur == nil {
+	ls := l.cur
+	l.mu.Unlock()
+	if ls == nil {
 		return closed
 	}
-	return l.cur.ctx.Done()
+	ls.check()
+	return ls.ctx.Done()
 }
 
 // Context returns a context for the work done under the lock. It carries
@@ -538,13 +565,15 @@ func (l *Lock) Done() <-chan struct{} {
 // context whose cause matches ErrNotHeld.
 func (l *Lock) Context() context.Context {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.cur == nil {
+	ls := l.cur
+	l.mu.Unlock()
+	if ls == nil {
 		ctx, cancel := context.WithCancelCause(context.Background())
 		cancel(ErrNotHeld)
 		return ctx
 	}
-	return l.cur.ctx
+	ls.check()
+	return ls.ctx
 }
 
 // Err returns nil while the lease is live, the loss cause (matching
