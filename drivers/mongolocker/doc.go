@@ -17,8 +17,8 @@
 //	{_id: key, owner: "…", expiresAt: ISODate(…), ttlMs: 10000, token: 42}
 //
 // and each key ever locked has a small token counter document,
-// {_id: {tokens: key}, seq: 42}, in the same collection. A counter's _id is
-// a document and a key is a string, so the two never collide.
+// {_id: key, seq: 42}, in a sibling collection named after the first with
+// ".tokens" appended ("locks.tokens"), as GridFS names its collections.
 //
 // # Guarantees
 //

@@ -38,15 +38,16 @@ const (
 	fSeq     = "seq"       // last token drawn, in a key's counter document
 )
 
-// counterID is the _id of key's token counter document. It is a document,
-// so it never equals the _id of a lock document, which is a string.
-func counterID(key string) bson.D { return bson.D{{Key: "tokens", Value: key}} }
+// TokensSuffix is appended to the lock collection's name to name the
+// collection of token counters: "locks" keeps its counters in "locks.tokens".
+const TokensSuffix = ".tokens"
 
 // A Locker stores locks in one MongoDB collection. It is safe for concurrent
 // use by many goroutines; create it with [New] or [Open].
 type Locker struct {
 	coll   *mongo.Collection
-	client *mongo.Client // set by Open: closed by Close
+	tokens *mongo.Collection // <coll>.tokens: one counter document per key
+	client *mongo.Client     // set by Open: closed by Close
 	clock  *serverClock
 
 	ferretMu    sync.Mutex
@@ -115,7 +116,7 @@ func validCollection(name string) error {
 		return fmt.Errorf("collection name %q contains '$' or NUL", name)
 	case strings.HasPrefix(name, "system.") || strings.HasPrefix(name, ".") || strings.HasSuffix(name, "."):
 		return fmt.Errorf("collection name %q is reserved or starts or ends with a dot", name)
-	case len(name) > 200:
+	case len(name) > 200-len(TokensSuffix):
 		return fmt.Errorf("collection name of %d bytes is too long", len(name))
 	}
 	return nil
@@ -135,7 +136,9 @@ func validDatabase(name string) error {
 
 // New returns a Locker that stores locks in coll, the caller's collection,
 // used as is with its own read and write concerns (MongoDB's defaults,
-// primary reads and majority writes, are what the guarantees assume). It
+// primary reads and majority writes, are what the guarantees assume), and
+// token counters in the collection of the same database named coll's name
+// plus [TokensSuffix], with the database's concerns. It
 // does no I/O; call [Locker.EnsureIndexes] once to create the index Purge
 // uses. New returns an error matching [locker.ErrInvalidOption] for a nil
 // collection or a bad option, including [Collection], which only Open takes.
@@ -158,8 +161,9 @@ func New(coll *mongo.Collection, opts ...Option) (*Locker, error) {
 
 func newLocker(coll *mongo.Collection, c config) *Locker {
 	return &Locker{
-		coll:  coll,
-		clock: &serverClock{db: coll.Database(), period: c.clockSync},
+		coll:   coll,
+		tokens: coll.Database().Collection(coll.Name() + TokensSuffix),
+		clock:  &serverClock{db: coll.Database(), period: c.clockSync},
 	}
 }
 
@@ -341,8 +345,8 @@ func (l *Locker) recordToken(ctx context.Context, key, owner string) (int64, err
 	var c struct {
 		Seq int64 `bson:"seq"`
 	}
-	err := l.coll.FindOneAndUpdate(ctx,
-		bson.D{{Key: "_id", Value: counterID(key)}},
+	err := l.tokens.FindOneAndUpdate(ctx,
+		bson.D{{Key: "_id", Value: key}},
 		bson.D{{Key: "$inc", Value: bson.D{{Key: fSeq, Value: int64(1)}}}},
 		options.FindOneAndUpdate().SetUpsert(true).SetReturnDocument(options.After)).Decode(&c)
 	if err != nil {

@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	ferretdb -listen 127.0.0.1:27018 [-dir /tmp/x] [-log-level error]
+//	ferretdb -listen 127.0.0.1:27018 [-dir /tmp/x] [-log-level error] [-durable]
 //
 // It stores data in a temporary directory (removed on exit unless -dir is
 // given) and stops cleanly on SIGINT or SIGTERM.
@@ -28,6 +28,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27018", "loopback `host:port` to listen on")
 	dir := flag.String("dir", "", "SQLite data `directory` (default: a temporary directory removed on exit)")
+	durable := flag.Bool("durable", false, "fsync every commit (default: SQLite synchronous=off, fine for a throwaway test server)")
 	level := flag.String("log-level", "error", "FerretDB's log `level`: debug, info, warn or error (warn logs every error reply)")
 	flag.Parse()
 
@@ -36,12 +37,12 @@ func main() {
 		log.Fatalf("ferretdb: bad -log-level: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
-	if err := run(*listen, *dir, logger); err != nil {
+	if err := run(*listen, *dir, *durable, logger); err != nil {
 		log.Fatalf("ferretdb: %v", err)
 	}
 }
 
-func run(listen, dir string, logger *slog.Logger) error {
+func run(listen, dir string, durable bool, logger *slog.Logger) error {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return fmt.Errorf("bad -listen %q: %w", listen, err)
@@ -61,10 +62,14 @@ func run(listen, dir string, logger *slog.Logger) error {
 		return err
 	}
 
+	sqliteURL := "file:" + dir + "/"
+	if !durable {
+		sqliteURL += "?_pragma=synchronous(off)"
+	}
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: listen},
 		Handler:   "sqlite",
-		SQLiteURL: "file:" + dir + "/",
+		SQLiteURL: sqliteURL,
 		Logger:    logger,
 	})
 	if err != nil {
