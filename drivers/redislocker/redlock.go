@@ -13,9 +13,14 @@ import (
 	"github.com/dlock-go/dlock/locker"
 )
 
-// minGrace is the least time a fan-out waits for the remaining nodes once
-// its outcome is decided, before it gives up on them.
-const minGrace = time.Millisecond
+// Once a fan-out's outcome is decided, it waits for the remaining nodes as
+// long again as the decision took, at least minGrace (releaseGrace for a
+// release, whose stragglers would otherwise keep the key until its TTL),
+// before it gives up on them.
+const (
+	minGrace     = time.Millisecond
+	releaseGrace = 10 * time.Millisecond
+)
 
 // reply is one node's answer in a fan-out.
 type reply struct {
@@ -27,10 +32,10 @@ type reply struct {
 // fanout evaluates s on the given nodes at once and collects their replies.
 // It stops waiting when every node answered, or when decided says the
 // outcome is known; it then gives the remaining nodes as long again as the
-// decision took (at least minGrace), cancels what is still in flight and
+// decision took (at least least), cancels what is still in flight and
 // returns once every request has returned. A node that never answered
 // gets a reply with a context error.
-func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, s *redis.Script, args ...interface{}) []reply {
+func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, least time.Duration, s *redis.Script, args ...interface{}) []reply {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -47,8 +52,8 @@ func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) 
 	}
 	if len(rs) < len(nodes) {
 		grace := time.Since(start)
-		if grace < minGrace {
-			grace = minGrace
+		if grace < least {
+			grace = least
 		}
 		t := time.NewTimer(grace)
 	wait:
@@ -205,7 +210,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 		return c
 	}
 
-	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(granted), acquireScript, lk, lk+":token", owner, ms)
+	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(granted), minGrace, acquireScript, lk, lk+":token", owner, ms)
 	record(first)
 	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state, holders) {
 		round := time.Since(start)
@@ -230,7 +235,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 					}
 				}
 				return ok >= need || len(rs)-ok > len(held)-need
-			}, acquireScript, lk, lk+":token", owner, ms))
+			}, minGrace, acquireScript, lk, lk+":token", owner, ms))
 			if !l.splitLeader(state, holders) {
 				break
 			}
@@ -252,7 +257,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	}
 	fenceErr := error(nil)
 	if len(mine) >= l.quorum && !agree {
-		fs := l.fanout(dctx, mine, l.quorumDecided(positive), fenceScript, lk, lk+":token", owner, token)
+		fs := l.fanout(dctx, mine, l.quorumDecided(positive), minGrace, fenceScript, lk, lk+":token", owner, token)
 		fenced := 0
 		for _, r := range fs {
 			if positive(r) {
@@ -353,7 +358,7 @@ func (l *Locker) refreshRedlock(ctx context.Context, lk, owner string, ms int64)
 	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
 	defer cancel()
 
-	rs := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), refreshScript, lk, owner, ms)
+	rs := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), minGrace, refreshScript, lk, owner, ms)
 	tokens := map[int64]int{}
 	ok := 0
 	for _, r := range rs {
@@ -389,7 +394,7 @@ func commonest(tokens map[int64]int) int64 {
 
 // releaseRedlock deletes owner's lease on every node at once.
 func (l *Locker) releaseRedlock(ctx context.Context, lk, owner string) error {
-	rs := l.fanout(ctx, l.allNodes(), l.quorumDecided(positive), releaseScript, lk, owner)
+	rs := l.fanout(ctx, l.allNodes(), l.quorumDecided(positive), releaseGrace, releaseScript, lk, owner)
 	ok := 0
 	for _, r := range rs {
 		if positive(r) {
@@ -439,7 +444,7 @@ func (l *Locker) inspectRedlock(ctx context.Context, key, lk string) (locker.Inf
 		}
 		return best >= l.quorum || best+n-len(rs) < l.quorum
 	}
-	rs := l.fanout(ctx, l.allNodes(), decided, inspectScript, lk)
+	rs := l.fanout(ctx, l.allNodes(), decided, minGrace, inspectScript, lk)
 	m, errs := tally(rs)
 	best := 0
 	for v, ttls := range m {
