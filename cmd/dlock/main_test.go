@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	testutil.PostgresCleanup()
+	testutil.MongoCleanup()
 	cleanRedis()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -225,7 +227,7 @@ func (b backend) flags(more ...string) []string {
 // backend ends its subtest through testutil.Absent.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 	t.Helper()
-	for _, name := range []string{"postgres", "redis", "redlock"} {
+	for _, name := range []string{"postgres", "redis", "redlock", "mongodb"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			fn(t, getBackend(t, name))
@@ -270,6 +272,14 @@ func getBackend(t *testing.T, name string) backend {
 			args = append(args, "--url", u)
 		}
 		return backend{name: name, args: append(args, "--prefix", prefix)}
+	case "mongodb":
+		url, db := testutil.MongoDatabase(t)
+		u, err := neturl.Parse(url)
+		if err != nil {
+			t.Fatalf("mongo test URL: %v", err)
+		}
+		u.Path = "/" + db
+		return backend{name: name, args: []string{"--url", u.String(), "--collection", "cli_locks"}}
 	}
 	t.Fatalf("unknown backend %s", name)
 	return backend{}

@@ -40,7 +40,7 @@ func secret(rawURL string) string {
 		return ""
 	}
 	pw, ok := u.User.Password()
-	if !ok || len(pw) < 4 || strings.Contains("xxxxx", pw) {
+	if !ok || len(pw) < 4 || strings.Contains("xxxxx", pw) || strings.Contains(u.User.Username(), pw) {
 		return ""
 	}
 	rest := strings.Replace(rawURL, u.User.String()+"@", "", 1)

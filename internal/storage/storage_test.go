@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -122,6 +123,8 @@ func TestOpen(t *testing.T) {
 		{[]string{"redis://:hunter2@h/notanumber"}, Options{}, "not a number"},
 		{[]string{"redis://:hunter2@h:%zz"}, Options{}, "malformed"},
 		{[]string{"ftp://h"}, Options{}, "unknown URL scheme"},
+		{[]string{"mongodb://:hunter2@h"}, Options{}, "names no database"},
+		{[]string{"mongodb://h/db"}, Options{Collection: "a$b"}, "collection"},
 	}
 	for _, tt := range bad {
 		_, _, err := Open(context.Background(), tt.urls, tt.o)
@@ -130,6 +133,47 @@ func TestOpen(t *testing.T) {
 		}
 		if err != nil && strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("Open(%q): error repeats the password: %v", tt.urls, err)
+		}
+	}
+}
+
+func TestMongoDatabase(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"mongodb://h/app": "app",
+		"mongodb://u:p@h1:27017,h2:27017/app?replicaSet=rs":  "app",
+		"mongodb+srv://cluster.example/app?retryWrites=true": "app",
+		"mongodb://h":                "",
+		"mongodb://h/":               "",
+		"mongodb://h/?replicaSet=rs": "",
+	} {
+		got, err := MongoDatabase(in)
+		if want == "" {
+			if !errors.Is(err, locker.ErrInvalidOption) {
+				t.Errorf("MongoDatabase(%q) = %q, %v; want an invalid-option error", in, got, err)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("MongoDatabase(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+func TestRedactErr(t *testing.T) {
+	t.Parallel()
+	const u = "mongodb://user:p%40ss@h/app"
+	for _, err := range []error{
+		errors.New("auth failed for user:p%40ss"),
+		errors.New("auth failed for user:p@ss"),
+		fmt.Errorf("%w: bad URL user:p@ss", locker.ErrInvalidOption),
+	} {
+		got := redactErr(err, u)
+		if strings.Contains(got.Error(), "p@ss") || strings.Contains(got.Error(), "p%40ss") {
+			t.Errorf("redactErr(%q) = %q: password left in", err, got)
+		}
+		if errors.Is(err, locker.ErrInvalidOption) != errors.Is(got, locker.ErrInvalidOption) {
+			t.Errorf("redactErr(%q) = %q: lost or gained ErrInvalidOption", err, got)
 		}
 	}
 }
