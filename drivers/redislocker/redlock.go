@@ -266,7 +266,9 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 		}
 		if fenced < l.quorum {
 			mine = mine[:0] // below quorum: fail below
-			fenceErr = nodeErrors(fs)
+			if countErrors(fs) >= l.quorum {
+				fenceErr = nodeErrors(fs)
+			}
 		}
 	}
 	elapsed := time.Since(start)
@@ -292,7 +294,8 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	case ctx.Err() != nil:
 		return locker.Lease{}, notObtainedCtx(ctx)
 	case countErrors(first) >= l.quorum:
-		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %d of %d nodes failed: %w", countErrors(first), n, nodeErrors(first))
+		return locker.Lease{}, fmt.Errorf("redislocker: acquire: %d of %d nodes failed or did not answer within the %v TTL: %w",
+			countErrors(first), n, ttl, nodeErrors(first))
 	case fenceErr != nil:
 		return locker.Lease{}, fmt.Errorf("redislocker: acquire: fencing the token on a quorum failed: %w", fenceErr)
 	case len(mine) >= l.quorum:
