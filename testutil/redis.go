@@ -64,9 +64,9 @@ func RedlockURLs(t testing.TB, n int) []string {
 		Absent(t, "redlock", fmt.Sprintf("%s lists %d servers, %d needed (start them with scripts/redis-servers.sh start)", RedlockURLsEnv, len(urls), n))
 	}
 	urls = urls[:n]
-	for _, u := range urls {
+	for i, u := range urls {
 		if err := PingRedis(u); err != nil {
-			Absent(t, "redlock", fmt.Sprintf("server %d of %s does not answer: %v", len(urls), RedlockURLsEnv, err))
+			Absent(t, "redlock", fmt.Sprintf("server %d of %s does not answer: %v", i+1, RedlockURLsEnv, err))
 		}
 	}
 	return urls
