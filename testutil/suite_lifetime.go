@@ -13,9 +13,11 @@ import (
 
 // Lifetime: auto-refresh, the lost-lock signal and Do.
 func (s *suite) lifetime(t *testing.T) {
+	// TTLs here are long enough for a loaded CI machine to schedule a
+	// refresh in time; the checks themselves do not depend on timing.
 	t.Run("AutoRefreshKeepsLockAcrossTenTTLs", func(t *testing.T) {
 		t.Parallel()
-		const ttl = 150 * time.Millisecond
+		const ttl = 600 * time.Millisecond
 		key := Key(t)
 		ctx := testCtx(t, 30*time.Second)
 		a := s.factory(t).NewLock(key, locker.TTL(ttl), locker.AutoRefresh())
@@ -44,7 +46,7 @@ func (s *suite) lifetime(t *testing.T) {
 
 	t.Run("BlockedRefreshIsLostBeforeTakeover", func(t *testing.T) {
 		t.Parallel()
-		const ttl = 200 * time.Millisecond
+		const ttl = 600 * time.Millisecond
 		key := Key(t)
 		ctx := testCtx(t, 30*time.Second)
 		c := &counting{Locker: s.d.New(t)}
@@ -256,7 +258,7 @@ func (s *suite) lifetime(t *testing.T) {
 			}
 			kinds = append(kinds, e.Kind)
 		})
-		f := s.factory(t, obs, locker.TTL(80*time.Millisecond))
+		f := s.factory(t, obs, locker.TTL(800*time.Millisecond))
 		a, b := f.NewLock(key), f.NewLock(key)
 		must(t, a.Lock(ctx), "a.Lock")
 		wantIs(t, b.TryLock(ctx), locker.ErrNotObtained, "b.TryLock")
