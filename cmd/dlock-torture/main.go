@@ -54,6 +54,7 @@ func run() int {
 	flag.BoolVar(&cfg.RedlockPersist, "redlock-persist", false, "give the Redlock nodes an append-only file fsynced on every write")
 	flag.DurationVar(&cfg.RedisRestartDelay, "redis-restart-delay", 0, "how long a killed Redlock node stays down (default ttl/4)")
 	flag.BoolVar(&cfg.AllowPGRestart, "allow-pg-restart", false, "allow the pgrestart fault, which restarts the shared PostgreSQL server")
+	flag.IntVar(&cfg.MaxPGRestarts, "max-pg-restarts", 3, "at most this many PostgreSQL restarts in the run")
 	flag.StringVar(&restartCmd, "pg-restart-cmd", "pg_ctlcluster --skip-systemctl-redirect 15 main restart", "command of the pgrestart fault")
 	flag.BoolVar(&cfg.LockOverlapOK, "lock-overlap-ok", false, "report lock overlaps seen by the fence instead of failing on them (FerretDB; Redlock without persistence)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the run's schema, key prefix and collection for inspection")

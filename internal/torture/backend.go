@@ -17,7 +17,10 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/dlock-go/dlock/drivers/mongolocker"
 	"github.com/dlock-go/dlock/internal/faultproxy"
 	"github.com/dlock-go/dlock/internal/storage"
 	"github.com/dlock-go/dlock/migrations"
@@ -102,6 +105,12 @@ func (r *runner) setUpBackend(ctx context.Context) (*backend, error) {
 			u.Path = "/dlock_torture"
 		}
 		b.urls, b.opts.Collection, defPort = []string{u.String()}, "torture_"+r.id, "27017"
+		direct, db := u.String(), strings.Trim(u.Path, "/")
+		b.cleanup = append(b.cleanup, func() {
+			if err := dropMongo(direct, db, b.opts.Collection); err != nil {
+				r.logf("drop mongo collections: %v", err)
+			}
+		})
 		// The proxy's address is not the server's own idea of its name.
 		params = map[string]string{"directConnection": "true"}
 	}
@@ -127,11 +136,20 @@ func (r *runner) setUpBackend(ctx context.Context) (*backend, error) {
 		return nil, err
 	}
 	defer closeLocker()
-	info, err := l.Inspect(ctx, "torture-probe")
-	if err != nil {
+	if _, err := l.Inspect(ctx, "torture-probe"); err != nil {
 		return nil, fmt.Errorf("%s storage does not answer: %w", cfg.Backend, err)
 	}
-	_ = info
+	if f, ok := l.(interface {
+		ServerIsFerretDB(context.Context) (bool, error)
+	}); ok {
+		ferret, err := f.ServerIsFerretDB(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ferret {
+			b.unsafe = "the MongoDB server is FerretDB 1.x, which reads then writes without a re-check: several clients can win the takeover of one expired lease (documented in drivers/mongolocker)"
+		}
+	}
 	return b, nil
 }
 
@@ -167,6 +185,19 @@ func cleanRedisPrefix(rawURL, prefix string) error {
 			return nil
 		}
 	}
+}
+
+// dropMongo drops a lock collection and its token counters.
+func dropMongo(rawURL, db, coll string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := mongo.Connect(options.Client().ApplyURI(rawURL))
+	if err != nil {
+		return err
+	}
+	defer c.Disconnect(ctx)
+	d := c.Database(db)
+	return errors.Join(d.Collection(coll).Drop(ctx), d.Collection(coll+mongolocker.TokensSuffix).Drop(ctx))
 }
 
 // redisGroup is the private Redlock group of independent redis-server

@@ -3,8 +3,10 @@ package torture
 import (
 	"bufio"
 	"context"
+	crand "crypto/rand"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +71,7 @@ func encodeChild(cc childConfig) string {
 // coordinator as JSON lines.
 type stats struct {
 	Acquired          int64 `json:"acquired"`
+	Abandoned         int64 `json:"abandoned"` // taken with one raw Acquire and left to expire
 	Contended         int64 `json:"contended"`
 	AttemptErrors     int64 `json:"attempt_errors"`
 	Refreshed         int64 `json:"refreshed"`
@@ -93,6 +96,7 @@ type stats struct {
 
 func (s *stats) add(o *stats) {
 	s.Acquired += o.Acquired
+	s.Abandoned += o.Abandoned
 	s.Contended += o.Contended
 	s.AttemptErrors += o.AttemptErrors
 	s.Refreshed += o.Refreshed
@@ -267,6 +271,10 @@ func (c *child) observe(e locker.Event) {
 func (c *child) work(ctx context.Context, worker int) {
 	for ctx.Err() == nil {
 		key := c.cc.Keys[rand.IntN(len(c.cc.Keys))]
+		if rand.IntN(8) == 0 {
+			c.abandonedSection(ctx, key, worker)
+			continue
+		}
 		l := c.f.NewLock(key)
 		if err := l.Lock(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -405,4 +413,100 @@ func (c *child) section(l *locker.Lock, key string, worker int) {
 		c.count(func(s *stats) { s.LostUndetected++ })
 		c.fail("undetected", fmt.Errorf("lease of token %d on %q still trusted %v after the fence rejected it", token, key, 2*ttl+time.Second))
 	}
+}
+
+// abandonedSection takes key with a single Acquire of the storage, runs a
+// fenced section on the lease's own validity, and never releases it: the
+// lease expires, and the workers waiting for the key race to take it over
+// at once (the takeover race some storages lose).
+func (c *child) abandonedSection(ctx context.Context, key string, worker int) {
+	ttl := c.cc.TTL
+	owner, err := randomOwner()
+	if err != nil {
+		c.fail("owner", err)
+		return
+	}
+	// Wait for the key as Lock would, polling with single attempts.
+	var sent time.Time
+	var lease locker.Lease
+	for {
+		sent = time.Now()
+		lease, err = c.f.Locker().Acquire(ctx, key, owner, ttl)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, locker.ErrNotObtained) {
+			c.count(func(s *stats) { s.Contended++ })
+		} else {
+			c.count(func(s *stats) { s.AttemptErrors++ })
+			c.fail("acquire", err)
+		}
+		sleep(ctx, jitter(ttl/20))
+	}
+	deadline := sent.Add(lease.Validity)
+	c.count(func(s *stats) { s.Acquired++; s.Abandoned++ })
+	c.emit("A %s %s", owner, key)
+	defer c.emit("R %s", owner)
+
+	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rem, sent := time.Until(deadline), time.Now()
+	start, ok, mark, err := c.fence.begin(fctx, key, owner, lease.Token)
+	inFlight := time.Since(sent)
+	if err != nil {
+		c.count(func(s *stats) { s.FenceErrors++ })
+		c.fail("fence-begin", err)
+		return
+	}
+	if !ok {
+		trusted := rem > inFlight
+		c.count(func(s *stats) {
+			s.BeginRejected++
+			if trusted {
+				s.BeginViolations++
+			}
+		})
+		if trusted {
+			c.fail("token-not-rising", fmt.Errorf("begin of token %d on %q rejected: mark %d, while the lease was trusted for %v more", lease.Token, key, mark, rem-inFlight))
+		}
+		return
+	}
+	time.Sleep(time.Duration(rand.Int64N(int64(c.cc.Hold) + 1)))
+	rem, sent = time.Until(deadline), time.Now()
+	lost := rem <= 0
+	id, accepted, err := c.fence.end(fctx, key, owner, lease.Token, c.cc.Proc, worker, start, lost)
+	inFlight = time.Since(sent)
+	switch {
+	case err != nil:
+		c.count(func(s *stats) { s.FenceErrors++ })
+		c.fail("fence-end", err)
+	case accepted:
+		c.count(func(s *stats) {
+			s.Accepted++
+			if lost {
+				s.AcceptedAfterLoss++
+			}
+		})
+	case lost:
+		c.count(func(s *stats) { s.Rejected++; s.RejectedLost++ })
+	case rem <= inFlight:
+		c.count(func(s *stats) { s.Rejected++; s.RejectedLate++ })
+	default:
+		c.count(func(s *stats) { s.Rejected++; s.Violations++ })
+		c.fail("violation", fmt.Errorf("end of token %d on %q rejected while the lease was trusted for %v more", lease.Token, key, rem-inFlight))
+		if err := c.fence.markViolation(fctx, id); err != nil {
+			c.fail("fence-mark", err)
+		}
+	}
+}
+
+func randomOwner() (string, error) {
+	var b [16]byte
+	if _, err := crand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
 }

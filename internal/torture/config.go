@@ -78,6 +78,7 @@ type Config struct {
 	// shared PostgreSQL server with PGRestartCmd.
 	AllowPGRestart bool
 	PGRestartCmd   []string // default: pg_ctlcluster --skip-systemctl-redirect 15 main restart
+	MaxPGRestarts  int      // at most this many restarts in the run (default 3); others' tests share the server
 
 	// LockOverlapOK makes lock overlaps seen by the fence (rejections of a
 	// write whose writer still trusted its lease) a reported finding rather
@@ -124,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MongoURL == "" {
 		c.MongoURL = os.Getenv("DLOCK_TEST_MONGO_URL")
+	}
+	if c.MaxPGRestarts == 0 {
+		c.MaxPGRestarts = 3
 	}
 	if len(c.PGRestartCmd) == 0 {
 		c.PGRestartCmd = []string{"pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"}

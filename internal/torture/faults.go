@@ -125,6 +125,12 @@ func (r *runner) inject(ctx context.Context, f string) error {
 		return nil
 
 	case FaultPGRestart:
+		r.mu.Lock()
+		done := r.faults[f]
+		r.mu.Unlock()
+		if done >= int64(r.cfg.MaxPGRestarts) {
+			return nil
+		}
 		r.noteFault(f, "")
 		cmd := exec.CommandContext(context.WithoutCancel(ctx), r.cfg.PGRestartCmd[0], r.cfg.PGRestartCmd[1:]...)
 		out, err := cmd.CombinedOutput()

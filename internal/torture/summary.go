@@ -94,8 +94,8 @@ func (s *Summary) Print(w io.Writer) {
 	if s.Unsafe != "" {
 		p("   KNOWN LIMIT      %s; lock overlaps are reported, not failures; overlaps among accepted writes still fail the run", s.Unsafe)
 	}
-	p("   acquisitions     %d (contended attempts %d, failed attempts %d), refreshes %d, procs started %d",
-		st.Acquired, st.Contended, st.AttemptErrors, st.Refreshed, s.ProcsStarted)
+	p("   acquisitions     %d (%d left to expire), contended attempts %d, failed attempts %d, refreshes %d, procs started %d",
+		st.Acquired, st.Abandoned, st.Contended, st.AttemptErrors, st.Refreshed, s.ProcsStarted)
 	p("   faults injected  %s", formatCounts(s.FaultsInjected, AllFaults))
 	p("   locks lost       %d loss events (Done closed); rejected holders that learned it %d, did not %d; Unlock reported loss %d",
 		st.LostEvents, st.LostDetected, st.LostUndetected, st.UnlockLost)

@@ -58,9 +58,10 @@ func TestTortureShort(t *testing.T) {
 			if c.MongoURL == "" || !testutil.Reachable(c.MongoURL) {
 				testutil.Absent(t, "mongo", "DLOCK_TEST_MONGO_URL unset or not answering (scripts/ferretdb.sh start)")
 			}
-			// FerretDB 1.x cannot exclude two winners of a takeover race
-			// (documented): the fence must still keep them out of the log.
-			c.LockOverlapOK = true
+			// The run asks the server whether it is FerretDB, whose 1.x
+			// releases cannot exclude two winners of a takeover race
+			// (documented): their overlaps are then reported, and the
+			// fence must still keep them out of the accepted log.
 		}},
 	}
 	for _, tc := range cases {
@@ -87,8 +88,10 @@ func TestTortureShort(t *testing.T) {
 			if s.Failed() {
 				t.Errorf("torture run failed: %s", strings.Join(s.Failures, "; "))
 			}
-			if s.LockOverlapOK && s.Violations() > 0 {
-				t.Logf("REPORTED, NOT HIDDEN: %d lock overlaps on %s, all kept out of the accepted log by the fence", s.Violations(), tc.backend)
+			if s.Unsafe != "" {
+				t.Logf("KNOWN LIMIT of this server: %s", s.Unsafe)
+				t.Logf("REPORTED, NOT HIDDEN: %d violations of the lock on %s (overlaps %d, non-rising tokens %d), none among accepted writes",
+					s.Violations(), tc.backend, s.Check.Violations, s.Stats.BeginViolations)
 			}
 			// The first faults of the list fit in the shortest run.
 			for _, f := range cfg.Faults[:3] {
