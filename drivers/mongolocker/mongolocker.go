@@ -458,7 +458,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (locker.Info, error) {
 	}
 	mid := lo.Add(hi.Sub(lo) / 2)
 	left := doc.ExpiresAt.Time().Sub(mid).Round(time.Millisecond)
-	if max := time.Duration(doc.TTLMs) * time.Millisecond; left > max {
+	if max := time.Duration(doc.TTLMs) * time.Millisecond; doc.TTLMs > 0 && left > max {
 		left = max
 	}
 	if left < time.Millisecond {
