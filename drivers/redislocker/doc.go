@@ -15,8 +15,9 @@
 // its fencing-token counter at "<prefix>:{K}:token", with no expiry. The
 // braces put both in one Redis Cluster hash slot (except for keys beginning
 // with "}", whose hash tag is empty). Every operation is one Lua script from
-// scripts/lua, run with EVALSHA and falling back to EVAL when the server
-// does not know it yet (after a restart or SCRIPT FLUSH). The counter keys
+// scripts/lua per server (a Redlock acquisition whose nodes disagree on the
+// token adds fence.lua), run with EVALSHA and falling back to EVAL when the
+// server does not know it yet (after a restart or SCRIPT FLUSH). The counter keys
 // stay after their locks are released: one small integer per key ever
 // locked, which is what keeps fencing tokens increasing; delete them only
 // when no lock of that key can ever be taken again.
