@@ -41,8 +41,9 @@ func Example() {
 }
 
 // A write guarded by Fence commits only while the lease is held: a holder
-// whose lease ran out (a long GC pause, a slow job) gets ErrNotHeld and its
-// transaction is rolled back, so it cannot overwrite the new holder's work.
+// whose lease ran out (a long GC pause, a slow job) and was perhaps taken over
+// gets ErrNotHeld and rolls back, so it cannot overwrite the new holder's
+// work; and while the guarded transaction is open, nobody can take the lock.
 func ExampleLocker_Fence() {
 	ctx := context.Background()
 	db, err := sql.Open("postgres", "postgres://app@localhost/app?sslmode=disable")
@@ -54,17 +55,24 @@ func ExampleLocker_Fence() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	lease, err := pg.Acquire(ctx, "invoice-42", "worker-1", 10*time.Second)
+	f, err := locker.NewFactory(pg)
 	if err != nil {
 		log.Fatal(err)
 	}
+	lock := f.NewLock("invoice-42")
+	if err := lock.Lock(ctx, locker.TTL(10*time.Second)); err != nil {
+		log.Fatal(err)
+	}
+	defer lock.Unlock(ctx)
+
 	// ... work that may outlive the lease ...
+
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer tx.Rollback()
-	if err := pg.Fence(ctx, tx, "invoice-42", lease.Token); errors.Is(err, locker.ErrNotHeld) {
+	if err := pg.Fence(ctx, tx, lock.Key(), lock.Token()); errors.Is(err, locker.ErrNotHeld) {
 		log.Print("lease lost: not writing")
 		return
 	} else if err != nil {
