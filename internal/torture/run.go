@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +60,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		return nil, err
 	}
 	defer r.admin.Close()
+	dropStaleSchemas(ctx, r.admin)
 	if _, err := r.admin.ExecContext(ctx, `CREATE SCHEMA `+quoteIdent(r.schema)); err != nil {
 		return nil, fmt.Errorf("create schema: %w", err)
 	}
@@ -196,4 +199,33 @@ WHERE key = $1 AND start_ts > $2 AND proc <> $3`, key, k.at, k.proc).Scan(&next)
 		}
 	}
 	return nil
+}
+
+// staleAge is the age past which a run's schema, left behind by a run that
+// was killed before its cleanup, is dropped by a later run.
+const staleAge = 6 * time.Hour
+
+// dropStaleSchemas drops the schemas of earlier runs older than staleAge,
+// judged by the time in their names. Errors are ignored.
+func dropStaleSchemas(ctx context.Context, db *sql.DB) {
+	rows, err := db.QueryContext(ctx, `SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'dlock_torture_')`)
+	if err != nil {
+		return
+	}
+	var stale []string
+	for rows.Next() {
+		var name string
+		if rows.Scan(&name) != nil {
+			continue
+		}
+		rest, _ := strings.CutPrefix(name, "dlock_torture_")
+		secs, _, _ := strings.Cut(rest, "_")
+		if t, err := strconv.ParseInt(secs, 10, 64); err == nil && time.Since(time.Unix(t, 0)) > staleAge {
+			stale = append(stale, name)
+		}
+	}
+	rows.Close()
+	for _, name := range stale {
+		_, _ = db.ExecContext(ctx, `DROP SCHEMA IF EXISTS `+quoteIdent(name)+` CASCADE`)
+	}
 }
