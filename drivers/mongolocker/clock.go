@@ -31,14 +31,15 @@ type clockSample struct {
 // The server wrote localTime somewhere between sending and receiving, and
 // truncated it to the millisecond, so at recv its clock read between
 // localTime and localTime + rtt + 1ms; since then, now − recv has passed,
-// give or take the drift.
+// give or take the drift. The low bound allows one more millisecond in case
+// a server rounds localTime instead of truncating it.
 func (s clockSample) bounds(now time.Time) (lo, hi time.Time) {
 	e := now.Sub(s.recv)
 	if e < 0 {
 		e = 0
 	}
 	drift := time.Duration(float64(e)*maxDrift) + time.Microsecond
-	lo = s.server.Add(e - drift)
+	lo = s.server.Add(e - drift - time.Millisecond)
 	hi = s.server.Add(e + s.rtt + time.Millisecond + drift)
 	return lo, hi
 }

@@ -21,9 +21,9 @@ func TestClockSampleBounds(t *testing.T) {
 		after  time.Duration
 		lo, hi time.Duration // relative to server
 	}{
-		{0, -time.Microsecond, 3*time.Millisecond + time.Microsecond},
-		{time.Second, time.Second - time.Millisecond - time.Microsecond, time.Second + 4*time.Millisecond + time.Microsecond},
-		{-time.Second, -time.Microsecond, 3*time.Millisecond + time.Microsecond}, // a reading before recv counts as recv
+		{0, -time.Millisecond - time.Microsecond, 3*time.Millisecond + time.Microsecond},
+		{time.Second, time.Second - 2*time.Millisecond - time.Microsecond, time.Second + 4*time.Millisecond + time.Microsecond},
+		{-time.Second, -time.Millisecond - time.Microsecond, 3*time.Millisecond + time.Microsecond}, // a reading before recv counts as recv
 	} {
 		lo, hi := s.bounds(recv.Add(tc.after))
 		if got := lo.Sub(server); got != tc.lo {
@@ -33,7 +33,7 @@ func TestClockSampleBounds(t *testing.T) {
 			t.Errorf("%v after the sample: hi = server%+v, want server%+v", tc.after, got, tc.hi)
 		}
 	}
-	if w := s.width(recv.Add(10 * time.Second)); w != 3*time.Millisecond+20*time.Millisecond+2*time.Microsecond {
+	if w := s.width(recv.Add(10 * time.Second)); w != 4*time.Millisecond+20*time.Millisecond+2*time.Microsecond {
 		t.Errorf("width after 10s = %v", w)
 	}
 }

@@ -59,14 +59,16 @@
 // the reply came back, and from then on knows the server's time within an
 // interval [lo, hi]:
 //
-//	lo = localTime + elapsed − drift
+//	lo = localTime + elapsed − drift − 1ms
 //	hi = localTime + elapsed + round trip + 1ms + drift
 //
 // where elapsed is the monotonic time since the reply, and drift is 1000 ppm
-// of it (twice the fastest rate NTP slews a clock). A Locker re-reads the
-// clock every 5 seconds by default ([ClockSync]) and keeps whichever sample
-// gives the narrower interval, so the interval is a loopback or LAN round
-// trip plus 1ms plus up to 10ms of drift allowance.
+// of it (twice the fastest rate NTP slews a clock). The 1ms in hi is
+// localTime's truncation to the millisecond; the 1ms in lo allows for a
+// server that rounds instead. A Locker re-reads the clock every 5 seconds by
+// default ([ClockSync]) and keeps whichever sample gives the narrower
+// interval, so the interval's width is one round trip plus 2ms plus up to
+// 10ms of drift allowance (2ms per second of the sample's age).
 //
 // The interval is used conservatively: a lease is written to end at
 // hi + ttl, and a lease counts as expired only when its end is at or before
