@@ -44,9 +44,17 @@ var redisContainer = &Container{
 // RedisURL returns the URL of the Redis server for tests: $DLOCK_TEST_REDIS_URL,
 // else the local default if it answers, else a Docker container if an engine
 // answers, else the test ends through [Absent].
+//
+// The URL found is published in $DLOCK_TEST_REDIS_URL, so that child
+// processes of the test use it without probing again (a probe can time out
+// on a busy machine).
 func RedisURL(t testing.TB) string {
 	t.Helper()
-	return ServerURL(t, "redis", RedisURLEnv, DefaultRedisURL, redisContainer)
+	u := ServerURL(t, "redis", RedisURLEnv, DefaultRedisURL, redisContainer)
+	if os.Getenv(RedisURLEnv) == "" {
+		os.Setenv(RedisURLEnv, u)
+	}
+	return u
 }
 
 // RedlockURLs returns the first n URLs of $DLOCK_TEST_REDLOCK_URLS, checking

@@ -14,9 +14,12 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Make (or inherit) the run's key prefix before any test starts child
-	// processes, so that they inherit it.
+	// Make (or inherit) the run's key prefix, and find the Redis server,
+	// before any test starts child processes, so that they inherit both.
 	testutil.RedisPrefix()
+	if os.Getenv(testutil.RedisURLEnv) == "" && testutil.Reachable(testutil.DefaultRedisURL) {
+		os.Setenv(testutil.RedisURLEnv, testutil.DefaultRedisURL)
+	}
 	code := m.Run()
 	// The fencing-token counters outlive their locks: the process that made
 	// the run's prefix deletes them (child processes only reuse it).
