@@ -300,12 +300,12 @@ func (r *report) write(w io.Writer) error {
 
 	if cfg.Workloads[wUncontended] {
 		p("\n## Uncontended: lock+unlock on one goroutine\n\n")
-		p("Latencies in milliseconds. *acquire* is the lock call alone; *lock+unlock* the pair. *Allocs* are the whole process's heap allocations per pair. *Round trips* are the server replies per pair, summed over the servers, counted through a loopback proxy over %d pairs before the rounds.\n\n", cfg.RoundTrips)
-		p("| Backend | Library | acquire p50 | lock+unlock p50 | × floor p50 | lock+unlock p99 | ops/s | × floor time/op | round trips | allocs/op | errors |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("Latencies in milliseconds. *acquire* is the lock call alone; *lock+unlock* the pair. *CPU* is the whole process's CPU time (user and system) per pair, in microseconds: the client's cost, which a busy machine inflates less than latency. *Allocs* are the whole process's heap allocations per pair. *Round trips* are the server replies per pair, summed over the servers, counted through a loopback proxy over %d pairs before the rounds.\n\n", cfg.RoundTrips)
+		p("| Backend | Library | acquire p50 | lock+unlock p50 | × floor p50 | lock+unlock p99 | ops/s | × floor time/op | round trips | CPU µs/op | allocs/op | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, s := range r.subjects {
 			rt := r.tripsOf(s.Name, wUncontended)
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 				f(r.across(s.Name, wUncontended, pct(.5, acquireOf)), 3),
 				f(r.across(s.Name, wUncontended, pct(.5, pairOf)), 3),
 				f(r.vsFloor(s, wUncontended, p50Ratio), 2),
@@ -313,6 +313,7 @@ func (r *report) write(w io.Writer) error {
 				f(r.across(s.Name, wUncontended, opsRate), 0),
 				f(r.vsFloor(s, wUncontended, timeRatio), 2),
 				rt,
+				f(r.across(s.Name, wUncontended, func(x *result) (float64, bool) { return float64(x.CPU) / 1e3, x.Ops > 0 }), 0),
 				fm(r.across(s.Name, wUncontended, func(x *result) (float64, bool) { return x.Allocs, x.Ops > 0 }), 0),
 				r.errorCount(s.Name, wUncontended))
 		}

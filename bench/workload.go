@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -41,7 +42,8 @@ type result struct {
 	Overlaps int64           // acquisitions that found the section occupied
 	Errors   int64
 	FirstErr error
-	Allocs   float64 // heap allocations per lock+unlock, uncontended only
+	Allocs   float64       // heap allocations per lock+unlock, uncontended only
+	CPU      time.Duration // the process's CPU time (user+system) per lock+unlock, uncontended only
 }
 
 func (r *result) opsPerSec() float64 {
@@ -82,6 +84,7 @@ func runUncontended(ctx context.Context, newMutex func(string) mutex, key string
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
+	cpu0 := cpuTime()
 	start := time.Now()
 	end := start.Add(d)
 	for now := start; now.Before(end) && ctx.Err() == nil && errs.n < maxErrors; now = time.Now() {
@@ -105,9 +108,11 @@ func runUncontended(ctx context.Context, newMutex func(string) mutex, key string
 		r.Ops++
 	}
 	r.Elapsed = time.Since(start)
+	cpu := cpuTime() - cpu0
 	runtime.ReadMemStats(&after)
 	if r.Ops > 0 {
 		r.Allocs = float64(after.Mallocs-before.Mallocs) / float64(r.Ops)
+		r.CPU = cpu / time.Duration(r.Ops)
 	}
 	r.Errors, r.FirstErr = errs.n, errs.first
 	return r
@@ -229,6 +234,15 @@ func runContended(ctx context.Context, newMutex func(string) mutex, key string, 
 	r.Overlaps = overlaps.Load()
 	r.Errors, r.FirstErr = errs.n, errs.first
 	return r
+}
+
+// cpuTime returns the CPU time (user and system) the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // sleepRate returns how many time.Sleep(hold) calls one goroutine completes
