@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh — run the benchmark program in bench/ against every server.
 #
-#   scripts/bench.sh            # full run (3 rounds × 2s per workload), writes bench/RESULTS.md
+#   scripts/bench.sh            # full run (5 rounds × 1s per workload and subject, ≈ 5 min), writes bench/RESULTS.md
 #   scripts/bench.sh -quick     # smoke run (1 round × 300ms), report on standard output
 #   scripts/bench.sh -only Redis -rounds 5   # other flags of the program (see: cd bench && go run . -h)
 #
