@@ -33,7 +33,7 @@ type backend struct {
 	proxies []*faultproxy.Proxy
 	opts    storage.Options
 	group   *redisGroup // the private Redlock group
-	unsafe  string      // why the server cannot exclude (FerretDB), or ""
+	unsafe  string      // why the server cannot exclude nor fence (FerretDB), or ""
 	cleanup []func()
 }
 
@@ -147,7 +147,7 @@ func (r *runner) setUpBackend(ctx context.Context) (*backend, error) {
 			return nil, err
 		}
 		if ferret {
-			b.unsafe = "the MongoDB server is FerretDB 1.x, which reads then writes without a re-check: several clients can win the takeover of one expired lease (documented in drivers/mongolocker)"
+			b.unsafe = "the MongoDB server is FerretDB 1.x, which reads then writes without a re-check: several clients can win the takeover of one expired lease, and token counters are not incremented atomically (documented in drivers/mongolocker)"
 		}
 	}
 	return b, nil

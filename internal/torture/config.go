@@ -171,14 +171,19 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// knownUnsafe says why the chosen storage and faults are documented not to
-// guarantee mutual exclusion, or returns "" when they are expected to.
-func (c *Config) knownUnsafe() string {
-	if c.Backend == BackendRedlock && !c.RedlockPersist && c.RedisRestartDelay < c.TTL &&
-		(slices.Contains(c.Faults, FaultRedisRestart) || slices.Contains(c.Faults, FaultRedisMajority)) {
-		return "Redlock nodes restart without persistence sooner than a TTL: a restarted node forgets the locks it granted (the Redlock documentation asks for fsync'd persistence or delayed restarts)"
+// knownLimits says why the chosen storage and faults are documented not to
+// guarantee mutual exclusion (exclusion) or rising fencing tokens (tokens);
+// empty strings when they are expected to.
+func (c *Config) knownLimits() (exclusion, tokens string) {
+	restarts := slices.Contains(c.Faults, FaultRedisRestart) || slices.Contains(c.Faults, FaultRedisMajority)
+	if c.Backend != BackendRedlock || c.RedlockPersist || !restarts {
+		return "", ""
 	}
-	return ""
+	tokens = "Redlock nodes restart without persistence: they lose their token counters, so a quorum of restarted nodes hands out tokens from 1 again (Redlock promises no fencing tokens)"
+	if c.RedisRestartDelay < c.TTL {
+		exclusion = "Redlock nodes restart without persistence sooner than a TTL: a restarted node forgets the leases it granted (the Redlock documentation asks for fsync'd persistence or restarts delayed past the TTL)"
+	}
+	return exclusion, tokens
 }
 
 // ParseFaults splits a comma-separated list of fault names; "all" stands for

@@ -128,11 +128,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if cfg.Backend == BackendRedlock {
 		s.RedlockNodes, s.RedlockPersist = cfg.RedlockNodes, cfg.RedlockPersist
 	}
-	if s.Unsafe = cfg.knownUnsafe(); s.Unsafe == "" {
-		s.Unsafe = r.be.unsafe
-	}
-	if s.Unsafe != "" {
-		s.LockOverlapOK = true
+	s.Unsafe, s.TokensUnsafe = cfg.knownLimits()
+	if r.be.unsafe != "" {
+		s.Unsafe, s.TokensUnsafe = r.be.unsafe, r.be.unsafe
 	}
 	for _, p := range r.procs {
 		p.mu.Lock()
