@@ -119,7 +119,9 @@ func FuzzOptions(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = l.TryLock(ctx)
-		invalid("TryLock", err)
+		// The key is free, but with a TTL of a millisecond or so the grant
+		// may arrive too late to be trusted: then ErrNotObtained.
+		invalid("TryLock", err, locker.ErrNotObtained)
 		if err != nil {
 			if l.Held() || l.Token() != 0 {
 				t.Fatal("a failed TryLock left the handle holding a lease")

@@ -35,7 +35,7 @@ func TestTortureShort(t *testing.T) {
 		d = 3 * time.Second
 	}
 	base := Config{
-		Duration: d, Procs: 3, Workers: 3, Keys: 2, TTL: 500 * time.Millisecond,
+		Duration: d, Procs: 3, Workers: 3, Keys: 3, TTL: 500 * time.Millisecond,
 		FaultEvery: 400 * time.Millisecond, PostgresURL: pg,
 	}
 	cases := []struct {
