@@ -323,7 +323,7 @@ func openDlockRedis(n int) func(context.Context, *env) (*client, error) {
 			closePools(pools)
 			return nil, err
 		}
-		return dlockClient(l, e, func() { closePools(pools) })
+		return dlockClient(l, e, func() { l.Close(); closePools(pools) })
 	}
 }
 
