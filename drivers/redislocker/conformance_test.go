@@ -28,6 +28,9 @@ func driver(name string, urls func(t testing.TB) []string) testutil.Driver {
 		if err != nil {
 			t.Fatalf("new locker: %v", err)
 		}
+		// Ends the subscription connections of Watch; runs before the
+		// pools' cleanups, registered earlier.
+		t.Cleanup(func() { l.Close() })
 		return l
 	}
 	return testutil.Driver{

@@ -59,6 +59,10 @@ type Locker struct {
 	driftFactor float64
 	driftExtra  time.Duration
 
+	dials    []DialFunc // from the Subscriber option
+	dialsSet bool
+	subs     []*subscriber // per node; nil entries cannot dial
+
 	closers   []io.Closer
 	closeOnce sync.Once
 	closeErr  error
@@ -160,6 +164,9 @@ func newLocker(pools []Pool, redlock bool, opts []Option) (*Locker, error) {
 			return nil, err
 		}
 	}
+	if err := l.setupSubscribers(); err != nil {
+		return nil, err
+	}
 	return l, nil
 }
 
@@ -252,12 +259,21 @@ func newPool(rawURL string) (*redis.Pool, error) {
 	}, nil
 }
 
-// Close closes the connection pools that [Open] or [OpenRedlock] opened and
-// returns the first error. On a Locker from [New] or [NewRedlock] it does
-// nothing: those pools belong to the caller. Close is idempotent; calls
-// after Close fail with a backend error.
+// Close ends the Locker's subscription connections (see [Locker.Watch]),
+// waiting until their goroutines have exited, and closes the connection
+// pools that [Open] or [OpenRedlock] opened; it returns the first error.
+// The pools of a Locker from [New] or [NewRedlock] belong to the caller and
+// stay open, but Close such a Locker too once it is no longer used if it
+// ever watched a key. Close is idempotent. After Close, Watch fails, and
+// on a Locker from Open or OpenRedlock so does every other call, with a
+// backend error.
 func (l *Locker) Close() error {
 	l.closeOnce.Do(func() {
+		for _, s := range l.subs {
+			if s != nil {
+				s.close()
+			}
+		}
 		var errs []error
 		for _, c := range l.closers {
 			if err := c.Close(); err != nil {

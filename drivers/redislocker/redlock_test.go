@@ -37,6 +37,7 @@ func redlockOn(t *testing.T, urls []string, opts ...redislocker.Option) *redislo
 	if err != nil {
 		t.Fatalf("NewRedlock: %v", err)
 	}
+	t.Cleanup(func() { l.Close() })
 	return l
 }
 
