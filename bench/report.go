@@ -205,6 +205,10 @@ func (r *report) floorOf(backend string) string {
 	return ""
 }
 
+func handoffRate(x *result) (float64, bool) {
+	return float64(len(x.Handoff)) / x.Elapsed.Seconds(), x.Elapsed > 0
+}
+
 func opsRate(x *result) (float64, bool) { return x.opsPerSec(), x.Elapsed > 0 }
 
 // timeRatio is how many times longer than the floor one operation takes
@@ -336,16 +340,17 @@ func (r *report) write(w io.Writer) error {
 			continue
 		}
 		p("\n## %d goroutines on one key, %v critical section, waiters retrying every %v\n\n", cfg.Contenders, cfg.Hold, cfg.pollOf(w))
-		p("*CS/s*: critical sections completed per second (`time.Sleep(%v)` alone allows ≈ %.0f per second here). Every goroutine asks again as soon as it has released. *Hand-off*: when another goroutine takes the lock next, the time from the moment the holder starts its unlock to the moment the next holder's lock call returns, in milliseconds; *÷ acquire* divides its p50 by the same library's uncontended acquire p50 of the same round. *Same holder*: share of acquisitions won back by the goroutine that had just released (not hand-offs; high means the waiters starve). *Round trips per CS*: server replies per critical section (summed over the servers, failed attempts and wake-ups included) and connections opened, counted through a loopback proxy in a separate pass before the rounds. *Overlaps*: acquisitions that found another goroutine inside the critical section (must be 0).\n\n", cfg.Hold, r.sleepCap)
-		p("| Backend | Library | CS/s | hand-off p50 | hand-off p99 | ÷ acquire | same holder | round trips per CS | overlaps | errors |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("*CS/s*: critical sections completed per second (`time.Sleep(%v)` alone allows ≈ %.0f per second here). Every goroutine asks again as soon as it has released, so a library whose waiters sleep lets the releaser take the lock straight back: *hand-offs/s* counts only the critical sections that went to another goroutine. *Hand-off*: when another goroutine takes the lock next, the time from the moment the holder starts its unlock to the moment the next holder's lock call returns, in milliseconds; *÷ acquire* divides its p50 by the same library's uncontended acquire p50 of the same round. *Same holder*: share of acquisitions won back by the goroutine that had just released (not hand-offs; high means the waiters starve). *Round trips per CS*: server replies per critical section (summed over the servers, failed attempts and wake-ups included) and connections opened, counted through a loopback proxy in a separate pass before the rounds. *Overlaps*: acquisitions that found another goroutine inside the critical section (must be 0).\n\n", cfg.Hold, r.sleepCap)
+		p("| Backend | Library | CS/s | hand-offs/s | hand-off p50 | hand-off p99 | ÷ acquire | same holder | round trips per CS | overlaps | errors |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, s := range r.subjects {
 			ratio := r.pairWith(s.Name, w, wUncontended, func(c, u *result) (float64, bool) {
 				a := percentile(u.Acquire, .5)
 				return float64(percentile(c.Handoff, .5)) / float64(a), len(c.Handoff) > 0 && a > 0
 			})
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 				f(r.across(s.Name, w, opsRate), 0),
+				f(r.across(s.Name, w, handoffRate), 0),
 				f(r.across(s.Name, w, pct(.5, handoffOf)), 3),
 				f(r.across(s.Name, w, pct(.99, handoffOf)), 3),
 				f(ratio, 1),
