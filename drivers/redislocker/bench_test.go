@@ -85,6 +85,11 @@ func BenchmarkLockUnlock(b *testing.B) {
 		defer cancel()
 		driver(b, ctx)
 	})
+	b.Run("driver-deadline", func(b *testing.B) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		driver(b, ctx)
+	})
 
 	b.Run("factory", func(b *testing.B) {
 		l, err := redislocker.New(onePool(b, url), redislocker.Prefix(prefix))
@@ -158,6 +163,70 @@ func BenchmarkLockUnlockPaired(b *testing.B) {
 		b.ReportMetric(float64(rawTime.Nanoseconds())/float64(b.N), "raw-ns/op")
 		b.ReportMetric(float64(driverTime.Nanoseconds())/float64(b.N), "driver-ns/op")
 		b.ReportMetric(float64(driverTime)/float64(rawTime), "driver/raw")
+	}
+}
+
+// BenchmarkLockUnlockPairedCtx is BenchmarkLockUnlockPaired with the
+// contexts callers usually pass: one with a deadline (which the driver
+// applies as the connection's read timeout) and one that can only be
+// cancelled (which costs redigo a goroutine per request). The raw floor
+// runs without a context, as before.
+func BenchmarkLockUnlockPairedCtx(b *testing.B) {
+	for _, name := range []string{"deadline", "cancel"} {
+		b.Run(name, func(b *testing.B) {
+			url := testutil.RedisURL(b)
+			prefix, _ := testutil.RedisPrefix()
+			const ttl = 10 * time.Second
+			rawPool := onePool(b, url)
+			l, err := redislocker.New(onePool(b, url), redislocker.Prefix(prefix))
+			if err != nil {
+				b.Fatal(err)
+			}
+			rawKey := prefix + ":raw-paired-" + name + ":" + strconv.Itoa(b.N)
+			key := "bench-paired-" + name + "." + strconv.Itoa(b.N)
+			owner := "0123456789abcdef0123456789abcdef"
+			var ctx context.Context
+			var cancel context.CancelFunc
+			if name == "deadline" {
+				ctx, cancel = context.WithTimeout(context.Background(), time.Hour)
+			} else {
+				ctx, cancel = context.WithCancel(context.Background())
+			}
+			defer cancel()
+			var rawTime, driverTime time.Duration
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				c := rawPool.Get()
+				ok, err := redis.String(c.Do("SET", rawKey, owner, "NX", "PX", ttl.Milliseconds()))
+				if err != nil || ok != "OK" {
+					b.Fatalf("SET NX PX: %q, %v", ok, err)
+				}
+				c.Close()
+				c = rawPool.Get()
+				if n, err := redis.Int(rawUnlock.Do(c, rawKey, owner)); err != nil || n != 1 {
+					b.Fatalf("compare-and-delete: %d, %v", n, err)
+				}
+				c.Close()
+				t1 := time.Now()
+				if _, err := l.Acquire(ctx, key, owner, ttl); err != nil {
+					b.Fatal(err)
+				}
+				if err := l.Release(ctx, key, owner); err != nil {
+					b.Fatal(err)
+				}
+				t2 := time.Now()
+				rawTime += t1.Sub(t0)
+				driverTime += t2.Sub(t1)
+			}
+			b.StopTimer()
+			if b.N > 0 && rawTime > 0 {
+				b.ReportMetric(float64(rawTime.Nanoseconds())/float64(b.N), "raw-ns/op")
+				b.ReportMetric(float64(driverTime.Nanoseconds())/float64(b.N), "driver-ns/op")
+				b.ReportMetric(float64(driverTime)/float64(rawTime), "driver/raw")
+			}
+		})
 	}
 }
 

@@ -25,6 +25,37 @@
 // The release script publishes the released token on the channel
 // "<prefix>:{K}:released"; with no subscriber this costs next to nothing.
 //
+// # Wake-on-release
+//
+// Locker implements [locker.Watcher]: a [locker.Lock] call waiting for a
+// held key subscribes to its channel and makes its next attempt as soon as
+// the key is released, instead of at its next poll. All keys watched
+// through one Locker share one subscription connection per server, which
+// the Locker dials itself on the first wait — with the pool's DialContext
+// or Dial when the pool is a *redis.Pool (as with [Open] and
+// [OpenRedlock]), or with the functions given to [Subscriber] — and keeps
+// until [Locker.Close]; it never holds a pool connection for long. On
+// Redlock, any node's notification wakes the waiter, and a watch is in
+// place once enough nodes confirmed it that every quorum includes one.
+// Notifications are hints: an expiry sends none, and while the connection
+// is down (it is redialled with backoff) or when the Locker cannot dial (a
+// pool other than *redis.Pool without [Subscriber]), waiters simply poll at
+// their interval. Close a Locker from [New] or [NewRedlock] too when done
+// with it, to end its subscription connections.
+//
+// # Contexts
+//
+// Acquire and Release on one server apply a context's deadline as the
+// connection's read timeout, which costs nothing; a context that can be
+// cancelled but has no deadline is watched by a goroutine per request
+// (redigo's DoContext), which costs about as much as the request itself
+// on a busy machine, so pass a context with a deadline, or none, on hot
+// paths. Cancelling a context that has a deadline ends an Acquire or
+// Release in flight when its reply arrives, or at the deadline (at the
+// latest after the TTL, for Acquire) if the server stops answering.
+// Refresh, Inspect and every Redlock request end as soon as the context
+// is done.
+//
 // # Guarantees on one server
 //
 // Redis's own expiry (PX, PEXPIRE) decides when a lease ends, by the

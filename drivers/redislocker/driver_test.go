@@ -310,3 +310,71 @@ func TestCancelledContextDoesNoIO(t *testing.T) {
 type poolFunc func(ctx context.Context) (redis.Conn, error)
 
 func (f poolFunc) GetContext(ctx context.Context) (redis.Conn, error) { return f(ctx) }
+
+// TestHungServerContexts: against a server that stops answering, a
+// request with a deadline ends at the deadline (applied as the
+// connection's read timeout), and one whose context can only be cancelled
+// ends at the cancellation; neither hangs, and Acquire's error matches
+// ErrNotObtained and the context's error.
+func TestHungServerContexts(t *testing.T) {
+	t.Parallel()
+	srv := testutil.StartRedisServer(t)
+	l, err := redislocker.New(newPool(t, srv.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Warm the pool, then hang the server.
+	if _, err := l.Inspect(ctxFor(t, 10*time.Second), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Resume()
+	const wait = 300 * time.Millisecond
+	ctxs := map[string]func() (context.Context, context.CancelFunc, error){
+		"deadline": func() (context.Context, context.CancelFunc, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			return ctx, cancel, context.DeadlineExceeded
+		},
+		"cancel": func() (context.Context, context.CancelFunc, error) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(wait, cancel)
+			return ctx, cancel, context.Canceled
+		},
+	}
+	for name, mk := range ctxs {
+		ops := map[string]func(ctx context.Context) error{
+			"Acquire": func(ctx context.Context) error {
+				_, err := l.Acquire(ctx, "k", "a", time.Minute)
+				if err != nil && !errors.Is(err, locker.ErrNotObtained) {
+					t.Errorf("%s: Acquire: %v; want ErrNotObtained", name, err)
+				}
+				return err
+			},
+			"Release": func(ctx context.Context) error { return l.Release(ctx, "k", "a") },
+			"Refresh": func(ctx context.Context) error {
+				_, err := l.Refresh(ctx, "k", "a", time.Minute)
+				return err
+			},
+			"Inspect": func(ctx context.Context) error {
+				_, err := l.Inspect(ctx, "k")
+				return err
+			},
+		}
+		for op, f := range ops {
+			ctx, cancel, want := mk()
+			start := time.Now()
+			err := f(ctx)
+			took := time.Since(start)
+			cancel()
+			if !errors.Is(err, want) {
+				t.Errorf("%s: %s: %v; want an error matching %v", name, op, err, want)
+			}
+			if took > wait+5*time.Second {
+				t.Errorf("%s: %s took %v", name, op, took)
+			}
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -21,10 +23,31 @@ func (l *Locker) lockKey(key string) string {
 	return l.prefix + ":{" + key + "}"
 }
 
-// run evaluates s on a connection from p. sent reports whether the command
-// may have reached the server (a connection was obtained), so that the
-// caller knows whether an error can hide an effect.
-func run(ctx context.Context, p Pool, s *redis.Script, args ...interface{}) (v interface{}, sent bool, err error) {
+// lockKeys returns the Redis keys of key's lock and token counter, built
+// with one allocation.
+func (l *Locker) lockKeys(key string) (lock, counter string) {
+	counter = l.prefix + ":{" + key + "}:token"
+	return counter[:len(counter)-len(":token")], counter
+}
+
+// script is a Lua script from scripts/lua, evaluated with EVALSHA and,
+// when the server does not know it yet, EVAL.
+type script struct {
+	*redis.Script
+	keys int
+	src  string
+}
+
+func newScript(keys int, src string) *script {
+	return &script{Script: redis.NewScript(keys, src), keys: keys, src: src}
+}
+
+// run evaluates s on a connection from p, watching ctx through redigo's
+// DoContext (a goroutine per call) when ctx can be cancelled, so that a
+// cancellation interrupts a request in flight at once. sent reports
+// whether the command may have reached the server (a connection was
+// obtained), so that the caller knows whether an error can hide an effect.
+func run(ctx context.Context, p Pool, s *script, args ...interface{}) (v interface{}, sent bool, err error) {
 	c, err := p.GetContext(ctx)
 	if err != nil {
 		return nil, false, err
@@ -36,7 +59,80 @@ func run(ctx context.Context, p Pool, s *redis.Script, args ...interface{}) (v i
 	} else {
 		v, err = s.DoContext(ctx, c, args...)
 	}
-	return v, true, err
+	return v, true, ctxError(ctx, err)
+}
+
+// errTimeoutNotSupported is redigo's (unexported) error for a connection
+// without read timeouts.
+const errTimeoutNotSupported = "redis: connection does not support ConnWithTimeout"
+
+// runQuick is run for the single-server hot path (acquire and release),
+// without DoContext's goroutine: with no Done channel the command runs
+// plainly, and when ctx has a deadline, the time left (at most bound, if
+// bound is positive) becomes the read timeout of the connection, which
+// ends the request at the deadline as DoContext would. A cancellation
+// before the deadline then takes effect when the reply arrives or the
+// deadline passes, not at once. A ctx that can be cancelled but has no
+// deadline goes through run.
+func runQuick(ctx context.Context, p Pool, s *script, bound time.Duration, args ...interface{}) (v interface{}, sent bool, err error) {
+	deadline, timed := ctx.Deadline()
+	if ctx.Done() != nil && !timed {
+		return run(ctx, p, s, args...)
+	}
+	c, err := p.GetContext(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	defer c.Close()
+	var timeout time.Duration
+	if timed {
+		if timeout = time.Until(deadline); timeout <= 0 {
+			return nil, false, context.DeadlineExceeded
+		}
+		if bound > 0 && timeout > bound {
+			timeout = bound
+		}
+	}
+	full := make([]interface{}, 2+len(args))
+	full[0], full[1] = s.Hash(), s.keys
+	copy(full[2:], args)
+	v, err = doTimeout(ctx, c, timed, timeout, "EVALSHA", full)
+	if e, ok := err.(redis.Error); ok && strings.HasPrefix(string(e), "NOSCRIPT ") {
+		full[0] = s.src
+		v, err = doTimeout(ctx, c, timed, timeout, "EVAL", full)
+	}
+	return v, true, ctxError(ctx, err)
+}
+
+// ctxError adds ctx's error to err when ctx ended the request: ctx is done,
+// or the read timed out at ctx's deadline, which ctx's own timer may not
+// have marked yet.
+func ctxError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		if !errors.Is(err, ctx.Err()) {
+			err = errors.Join(context.Cause(ctx), err)
+		}
+		return err
+	}
+	var ne net.Error
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) && errors.As(err, &ne) && ne.Timeout() {
+		return errors.Join(context.DeadlineExceeded, err)
+	}
+	return err
+}
+
+func doTimeout(ctx context.Context, c redis.Conn, timed bool, timeout time.Duration, cmd string, args []interface{}) (interface{}, error) {
+	if !timed {
+		return c.Do(cmd, args...)
+	}
+	v, err := redis.DoWithTimeout(c, timeout, cmd, args...)
+	if err != nil && err.Error() == errTimeoutNotSupported {
+		return redis.DoContext(c, ctx, cmd, args...)
+	}
+	return v, err
 }
 
 // ttlMillis converts a validated ttl to the whole milliseconds sent to Redis.
@@ -68,12 +164,13 @@ func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Durati
 	if ctx.Err() != nil {
 		return locker.Lease{}, notObtainedCtx(ctx)
 	}
-	lk := l.lockKey(key)
+	lk, ck := l.lockKeys(key)
 	ms := ttlMillis(ttl)
 	if l.redlock {
-		return l.acquireRedlock(ctx, lk, owner, ms)
+		return l.acquireRedlock(ctx, lk, ck, owner, ms)
 	}
-	v, sent, err := run(ctx, l.nodes[0], acquireScript, lk, lk+":token", owner, ms)
+	// A grant that arrives after the TTL is worthless: wait no longer.
+	v, sent, err := runQuick(ctx, l.nodes[0], acquireScript, ttl, lk, ck, owner, ms)
 	if err != nil {
 		if sent {
 			// The script may have run before the reply was lost.
@@ -158,7 +255,7 @@ func (l *Locker) Release(ctx context.Context, key, owner string) error {
 	if l.redlock {
 		return l.releaseRedlock(ctx, lk, owner)
 	}
-	v, _, err := run(ctx, l.nodes[0], releaseScript, lk, owner)
+	v, _, err := runQuick(ctx, l.nodes[0], releaseScript, 0, lk, owner)
 	n, err := redis.Int64(v, err)
 	if err != nil {
 		return fmt.Errorf("redislocker: release: %w", err)
@@ -238,7 +335,7 @@ func (l *Locker) cleanup(ctx context.Context, lk, owner string, ms int64, nodes 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
 	defer cancel()
 	if len(nodes) == 1 {
-		_, _, _ = run(ctx, nodes[0], releaseScript, lk, owner)
+		_, _, _ = runQuick(ctx, nodes[0], releaseScript, 0, lk, owner)
 		return
 	}
 	done := make(chan struct{}, len(nodes))

@@ -40,11 +40,11 @@ type Pool interface {
 }
 
 var (
-	acquireScript = redis.NewScript(2, lua.Acquire)
-	refreshScript = redis.NewScript(1, lua.Refresh)
-	releaseScript = redis.NewScript(1, lua.Release)
-	inspectScript = redis.NewScript(1, lua.Inspect)
-	fenceScript   = redis.NewScript(2, lua.Fence)
+	acquireScript = newScript(2, lua.Acquire)
+	refreshScript = newScript(1, lua.Refresh)
+	releaseScript = newScript(1, lua.Release)
+	inspectScript = newScript(1, lua.Inspect)
+	fenceScript   = newScript(2, lua.Fence)
 )
 
 // Locker is a [locker.Locker] on one Redis server ([New], [Open]) or on a

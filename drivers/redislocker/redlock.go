@@ -35,7 +35,7 @@ type reply struct {
 // decision took (at least least), cancels what is still in flight and
 // returns once every request has returned. A node that never answered
 // gets a reply with a context error.
-func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, least time.Duration, s *redis.Script, args ...interface{}) []reply {
+func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, least time.Duration, s *script, args ...interface{}) []reply {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -173,7 +173,7 @@ func granted(r reply) bool {
 // give up. So a race for a free key has a winner, as on a single server.
 // A key that another owner holds on a quorum is never waited for. Only
 // liveness depends on this; safety rests on the quorum alone.
-func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
+func (l *Locker) acquireRedlock(ctx context.Context, lk, ck, owner string, ms int64) (locker.Lease, error) {
 	ttl := time.Duration(ms) * time.Millisecond
 	start := time.Now() // monotonic: taken before the first request leaves
 	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
@@ -210,7 +210,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 		return c
 	}
 
-	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(granted), minGrace, acquireScript, lk, lk+":token", owner, ms)
+	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(granted), minGrace, acquireScript, lk, ck, owner, ms)
 	record(first)
 	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state, holders) {
 		round := time.Since(start)
@@ -235,7 +235,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 					}
 				}
 				return ok >= need || len(rs)-ok > len(held)-need
-			}, minGrace, acquireScript, lk, lk+":token", owner, ms))
+			}, minGrace, acquireScript, lk, ck, owner, ms))
 			if !l.splitLeader(state, holders) {
 				break
 			}
@@ -257,7 +257,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, owner string, ms int64)
 	}
 	fenceErr := error(nil)
 	if len(mine) >= l.quorum && !agree {
-		fs := l.fanout(dctx, mine, l.quorumDecided(positive), minGrace, fenceScript, lk, lk+":token", owner, token)
+		fs := l.fanout(dctx, mine, l.quorumDecided(positive), minGrace, fenceScript, lk, ck, owner, token)
 		fenced := 0
 		for _, r := range fs {
 			if positive(r) {
