@@ -134,6 +134,9 @@ func (s *suite) mutualExclusion(t *testing.T) {
 // holders at once cannot both create it) and bumps a counter file.
 func (s *suite) processRace(t *testing.T) {
 	const procs, rounds = 4, 12
+	// Let the driver's fixture create its namespace (and publish it to the
+	// children's environment) before any child starts.
+	s.d.New(t)
 	dir := t.TempDir()
 	must(t, os.WriteFile(filepath.Join(dir, "counter"), []byte("0"), 0o600), "write counter")
 	key := Key(t)

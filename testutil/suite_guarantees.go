@@ -13,7 +13,7 @@ import (
 // Guarantee 2: an unrefreshed lease frees after its TTL, and a takeover
 // starts a fresh TTL.
 func (s *suite) noStarvation(t *testing.T) {
-	for _, ttl := range []time.Duration{150 * time.Millisecond, 1200 * time.Millisecond} {
+	for _, ttl := range []time.Duration{300 * time.Millisecond, 1200 * time.Millisecond} {
 		t.Run("TTL="+ttl.String(), func(t *testing.T) {
 			t.Parallel()
 			key := Key(t)
@@ -53,7 +53,7 @@ func (s *suite) ownerChecked(t *testing.T) {
 		l = s.d.New(t)
 		stale, fresh = s.factory(t).NewLock(key), s.factory(t).NewLock(key)
 		ctx := testCtx(t, 30*time.Second)
-		must(t, stale.TryLock(ctx, locker.TTL(60*time.Millisecond)), "stale.TryLock")
+		must(t, stale.TryLock(ctx, locker.TTL(250*time.Millisecond)), "stale.TryLock")
 		waitFor(t, 10*time.Second, 2*time.Millisecond, "takeover", func() bool {
 			return fresh.TryLock(ctx, locker.TTL(10*time.Second)) == nil
 		})
@@ -108,7 +108,7 @@ func (s *suite) ownerChecked(t *testing.T) {
 		l := s.d.New(t)
 		a := s.factory(t).NewLock(key)
 		ctx := testCtx(t, 10*time.Second)
-		must(t, a.TryLock(ctx, locker.TTL(40*time.Millisecond)), "TryLock")
+		must(t, a.TryLock(ctx, locker.TTL(250*time.Millisecond)), "TryLock")
 		waitFree(t, l, key, 5*time.Second)
 		err := a.Unlock(ctx)
 		wantIs(t, err, locker.ErrNotHeld, "Unlock after the lease expired")
@@ -151,11 +151,11 @@ func (s *suite) fencing(t *testing.T) {
 
 	// Expiry followed by takeover, and expiry followed by a purge.
 	b := f.NewLock(key)
-	must(t, b.TryLock(ctx, locker.TTL(30*time.Millisecond)), "short TryLock")
+	must(t, b.TryLock(ctx, locker.TTL(250*time.Millisecond)), "short TryLock")
 	next("short lease", b.Token())
 	waitFree(t, l, key, 5*time.Second)
 	c := f.NewLock(key)
-	must(t, c.TryLock(ctx, locker.TTL(30*time.Millisecond)), "takeover")
+	must(t, c.TryLock(ctx, locker.TTL(250*time.Millisecond)), "takeover")
 	next("expiry and takeover", c.Token())
 	waitFree(t, l, key, 5*time.Second)
 	if p, ok := l.(locker.Purger); ok {

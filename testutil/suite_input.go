@@ -88,8 +88,8 @@ func (s *suite) options(t *testing.T) {
 		key := Key(t)
 		ctx := testCtx(t, 10*time.Second)
 		a, b := s.factory(t).NewLock(key), s.factory(t).NewLock(key)
-		must(t, a.TryLock(ctx, locker.TTL(100*time.Millisecond)), "a.TryLock")
-		// b's retries, 20ms apart, outlast a's 100ms lease.
+		must(t, a.TryLock(ctx, locker.TTL(300*time.Millisecond)), "a.TryLock")
+		// b's retries, 20ms apart, outlast a's 300ms lease.
 		must(t, b.Lock(ctx, locker.Retries(200), locker.Interval(20*time.Millisecond)), "b.Lock")
 		must(t, b.Unlock(ctx), "b.Unlock")
 	})

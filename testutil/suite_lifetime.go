@@ -89,7 +89,7 @@ func (s *suite) lifetime(t *testing.T) {
 	t.Run("ExpiryWithoutRefreshIsSignalled", func(t *testing.T) {
 		t.Parallel()
 		ctx := testCtx(t, 30*time.Second)
-		l := s.factory(t).NewLock(Key(t), locker.TTL(100*time.Millisecond))
+		l := s.factory(t).NewLock(Key(t), locker.TTL(300*time.Millisecond))
 		must(t, l.Lock(ctx), "Lock")
 		select {
 		case <-l.Done():
@@ -112,7 +112,7 @@ func (s *suite) lifetime(t *testing.T) {
 		key := Key(t)
 		ctx := testCtx(t, 30*time.Second)
 		l := s.d.New(t)
-		a := s.factory(t).NewLock(key, locker.TTL(50*time.Millisecond))
+		a := s.factory(t).NewLock(key, locker.TTL(250*time.Millisecond))
 		must(t, a.Lock(ctx), "Lock")
 		owner := a.Owner()
 		// Someone takes over in the storage behind the handle's back.
@@ -201,7 +201,7 @@ func (s *suite) lifetime(t *testing.T) {
 		err = f.Do(ctx, Key(t), func(ctx context.Context) error {
 			<-ctx.Done() // the lease is lost: the function is told to stop
 			return fnErr
-		}, locker.TTL(100*time.Millisecond))
+		}, locker.TTL(300*time.Millisecond))
 		wantIs(t, err, fnErr, "Do's error")
 		wantIs(t, err, locker.ErrLost, "Do's error")
 	})
@@ -266,6 +266,12 @@ func (s *suite) lifetime(t *testing.T) {
 		must(t, a.Unlock(ctx), "a.Unlock")
 		must(t, b.Lock(ctx), "b.Lock")
 		<-b.Done()
+		// The Lost event follows the closing of Done.
+		waitFor(t, 5*time.Second, time.Millisecond, "the Lost event", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return kinds[len(kinds)-1] == locker.Lost
+		})
 		_ = b.Unlock(ctx)
 		mu.Lock()
 		defer mu.Unlock()
