@@ -51,8 +51,8 @@
 // (redigo's DoContext), which costs about as much as the request itself
 // on a busy machine, so pass a context with a deadline, or none, on hot
 // paths. Cancelling a context that has a deadline ends an Acquire or
-// Release in flight when its reply arrives, or at the deadline (at the
-// latest after the TTL, for Acquire) if the server stops answering.
+// Release in flight when its reply arrives, or at the deadline if the
+// server stops answering.
 // Refresh, Inspect and every Redlock request end as soon as the context
 // is done.
 //

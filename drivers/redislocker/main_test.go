@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"go.uber.org/goleak"
 
 	"github.com/dlock-go/dlock/testutil"
 )
@@ -21,6 +22,14 @@ func TestMain(m *testing.M) {
 		os.Setenv(testutil.RedisURLEnv, testutil.DefaultRedisURL)
 	}
 	code := m.Run()
+	if code == 0 {
+		// Every Locker that watched a key was closed: no subscription
+		// connection or other goroutine of the driver's is left.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutine leak: %v\n", err)
+			code = 1
+		}
+	}
 	// The fencing-token counters outlive their locks: the process that made
 	// the run's prefix deletes them (child processes only reuse it).
 	if prefix, owned := testutil.RedisPrefix(); owned {

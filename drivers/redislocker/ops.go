@@ -68,13 +68,12 @@ const errTimeoutNotSupported = "redis: connection does not support ConnWithTimeo
 
 // runQuick is run for the single-server hot path (acquire and release),
 // without DoContext's goroutine: with no Done channel the command runs
-// plainly, and when ctx has a deadline, the time left (at most bound, if
-// bound is positive) becomes the read timeout of the connection, which
-// ends the request at the deadline as DoContext would. A cancellation
-// before the deadline then takes effect when the reply arrives or the
-// deadline passes, not at once. A ctx that can be cancelled but has no
-// deadline goes through run.
-func runQuick(ctx context.Context, p Pool, s *script, bound time.Duration, args ...interface{}) (v interface{}, sent bool, err error) {
+// plainly, and when ctx has a deadline, the time left becomes the read
+// timeout of the connection, which ends the request at the deadline as
+// DoContext would. A cancellation before the deadline then takes effect
+// when the reply arrives or the deadline passes, not at once. A ctx that
+// can be cancelled but has no deadline goes through run.
+func runQuick(ctx context.Context, p Pool, s *script, args ...interface{}) (v interface{}, sent bool, err error) {
 	deadline, timed := ctx.Deadline()
 	if ctx.Done() != nil && !timed {
 		return run(ctx, p, s, args...)
@@ -88,9 +87,6 @@ func runQuick(ctx context.Context, p Pool, s *script, bound time.Duration, args 
 	if timed {
 		if timeout = time.Until(deadline); timeout <= 0 {
 			return nil, false, context.DeadlineExceeded
-		}
-		if bound > 0 && timeout > bound {
-			timeout = bound
 		}
 	}
 	full := make([]interface{}, 2+len(args))
@@ -169,8 +165,7 @@ func (l *Locker) Acquire(ctx context.Context, key, owner string, ttl time.Durati
 	if l.redlock {
 		return l.acquireRedlock(ctx, lk, ck, owner, ms)
 	}
-	// A grant that arrives after the TTL is worthless: wait no longer.
-	v, sent, err := runQuick(ctx, l.nodes[0], acquireScript, ttl, lk, ck, owner, ms)
+	v, sent, err := runQuick(ctx, l.nodes[0], acquireScript, lk, ck, owner, ms)
 	if err != nil {
 		if sent {
 			// The script may have run before the reply was lost.
@@ -255,7 +250,7 @@ func (l *Locker) Release(ctx context.Context, key, owner string) error {
 	if l.redlock {
 		return l.releaseRedlock(ctx, lk, owner)
 	}
-	v, _, err := runQuick(ctx, l.nodes[0], releaseScript, 0, lk, owner)
+	v, _, err := runQuick(ctx, l.nodes[0], releaseScript, lk, owner)
 	n, err := redis.Int64(v, err)
 	if err != nil {
 		return fmt.Errorf("redislocker: release: %w", err)
@@ -335,7 +330,7 @@ func (l *Locker) cleanup(ctx context.Context, lk, owner string, ms int64, nodes 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
 	defer cancel()
 	if len(nodes) == 1 {
-		_, _, _ = runQuick(ctx, nodes[0], releaseScript, 0, lk, owner)
+		_, _, _ = runQuick(ctx, nodes[0], releaseScript, lk, owner)
 		return
 	}
 	done := make(chan struct{}, len(nodes))

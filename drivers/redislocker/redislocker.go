@@ -233,7 +233,8 @@ func newPool(rawURL string) (*redis.Pool, error) {
 		return nil, fmt.Errorf("redislocker: %w: URL scheme %q, want redis or rediss", locker.ErrInvalidOption, u.Scheme)
 	}
 	if u.Opaque != "" || u.Host == "" {
-		return nil, fmt.Errorf("redislocker: %w: URL %q has no host", locker.ErrInvalidOption, u.Redacted())
+		// Without a host, Redacted cannot tell a password apart: name none.
+		return nil, fmt.Errorf("redislocker: %w: URL has no host; want %s://[[user]:password@]host[:port][/db]", locker.ErrInvalidOption, u.Scheme)
 	}
 	if db := strings.Trim(u.Path, "/"); db != "" {
 		if n := strings.TrimLeft(db, "0123456789"); n != "" || len(db) > 9 {
