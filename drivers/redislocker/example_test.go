@@ -28,6 +28,9 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// Close ends the connection on which waiting Lock calls hear of
+	// releases (dialled with pool.DialContext); the pool stays open.
+	defer storage.Close()
 	f, err := locker.NewFactory(storage)
 	if err != nil {
 		log.Fatal(err)
@@ -78,4 +81,42 @@ func ExampleOpen() {
 	}
 	defer storage.Close()
 	_, _ = locker.NewFactory(storage)
+}
+
+// A pool that is not a *redis.Pool does not tell the Locker how to dial
+// its subscription connection for wake-on-release: Subscriber does. With
+// neither, waiting Lock calls poll at their interval.
+func ExampleSubscriber() {
+	dial := func(ctx context.Context) (redis.Conn, error) {
+		return redis.DialURLContext(ctx, "redis://127.0.0.1:6379/0")
+	}
+	var pool redislocker.Pool = &instrumentedPool{pool: &redis.Pool{DialContext: dial, MaxIdle: 16}}
+
+	storage, err := redislocker.New(pool, redislocker.Subscriber(dial))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer storage.Close()
+
+	f, err := locker.NewFactory(storage)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Waits up to a minute, polling every 5s, and wakes as soon as the
+	// holder releases the key.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = f.Do(ctx, "rebuild-index", func(ctx context.Context) error {
+		return nil // the critical section
+	}, locker.Retries(12), locker.Interval(5*time.Second))
+	if err != nil {
+		log.Print(err)
+	}
+}
+
+// instrumentedPool stands for an application's own pool type.
+type instrumentedPool struct{ pool *redis.Pool }
+
+func (p *instrumentedPool) GetContext(ctx context.Context) (redis.Conn, error) {
+	return p.pool.GetContext(ctx)
 }
