@@ -7,6 +7,8 @@
 //	P:{K}        the lock: a string "<token>:<owner>" with a PX expiry
 //	P:{K}:token  the key's fencing-token counter: an integer without expiry
 //
+// and the pub/sub channel P:{K}:released, on which a release publishes.
+//
 // The braces make both keys share a Redis Cluster hash slot. Every script
 // returns an integer, a bulk string or an array, never a nil-versus-OK
 // status, so callers can tell each outcome apart by its type and value.
@@ -29,7 +31,9 @@ var (
 	Refresh string
 
 	// Release deletes an owner's live lease: KEYS lock; ARGV owner. It
-	// returns 1 when it deleted the lease, 0 when owner held none.
+	// returns 1 when it deleted the lease, and then publishes the released
+	// token on the channel "<lock key>:released" for waiters; 0 when owner
+	// held none.
 	//
 	//go:embed release.lua
 	Release string
