@@ -34,7 +34,7 @@
 // the Locker dials itself on the first wait — with the pool's DialContext
 // or Dial when the pool is a *redis.Pool (as with [Open] and
 // [OpenRedlock]), or with the functions given to [Subscriber] — and keeps
-// until [Locker.Close]; it never holds a pool connection for long. On
+// until [Locker.Close]; it takes no connection from the pool. On
 // Redlock, any node's notification wakes the waiter, and a watch is in
 // place once enough nodes confirmed it that every quorum includes one.
 // Notifications are hints: an expiry sends none, and while the connection
