@@ -370,9 +370,11 @@ func (ls *lease) remaining() time.Duration {
 	return max(time.Until(ls.deadline), 0)
 }
 
-// keepAlive refreshes the lease every period until it ends. A failed
-// refresh is retried sooner; the expiry timer declares the loss if none
-// succeeds before the deadline.
+// keepAlive refreshes the lease every period until it ends. An attempt that
+// has not answered within a period is abandoned and the next one starts at
+// once (a stalled connection must not use up the lease); a failed attempt is
+// retried sooner. The expiry timer declares the loss if no attempt succeeds
+// before the deadline.
 func (ls *lease) keepAlive(period time.Duration) {
 	defer ls.wg.Done()
 	t := time.NewTimer(period)
@@ -386,18 +388,27 @@ func (ls *lease) keepAlive(period time.Duration) {
 		case <-t.C:
 		}
 		next := period
-		if err := ls.refresh(ls.ctx, ls.ttl); err != nil && !errors.Is(err, ErrNotHeld) {
+		err := ls.refresh(ls.ctx, ls.ttl, period)
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			ls.check() // past the lease's deadline: lost, and the loop ends
+			next = 0
+		case err != nil && !errors.Is(err, ErrNotHeld):
 			next = max(period/4, time.Millisecond)
 		}
 		t.Reset(next)
 	}
 }
 
-// refresh extends the lease in the storage and locally.
-func (ls *lease) refresh(ctx context.Context, ttl time.Duration) error {
+// refresh extends the lease in the storage and locally. The attempt is cut
+// short at the lease's deadline, or after limit if limit > 0.
+func (ls *lease) refresh(ctx context.Context, ttl, limit time.Duration) error {
 	ls.mu.Lock()
 	deadline := ls.deadline
 	ls.mu.Unlock()
+	if limit > 0 {
+		deadline = minTime(deadline, time.Now().Add(limit))
+	}
 	rctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	sent := time.Now()
@@ -411,6 +422,9 @@ func (ls *lease) refresh(ctx context.Context, ttl time.Duration) error {
 		if ls.ctx.Err() != nil {
 			return errors.Join(context.Cause(ls.ctx), err)
 		}
+		if rctx.Err() != nil && ctx.Err() == nil {
+			return errors.Join(err, context.DeadlineExceeded)
+		}
 		return err
 	case granted.Validity <= 0 || !ls.extend(sent, granted.Validity):
 		if c := context.Cause(ls.ctx); c != nil {
@@ -420,6 +434,13 @@ func (ls *lease) refresh(ctx context.Context, ttl time.Duration) error {
 	}
 	ls.emit(Event{Kind: Refreshed, Held: time.Since(ls.acquired)})
 	return nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // current returns the live lease, or an error matching ErrNotHeld.
@@ -458,7 +479,7 @@ func (l *Lock) Refresh(ctx context.Context, opts ...Option) error {
 	if err != nil {
 		return err
 	}
-	return ls.refresh(ctx, cfg.ttl)
+	return ls.refresh(ctx, cfg.ttl, 0)
 }
 
 // Unlock releases the lock. It stops any automatic refresh and cancels
