@@ -21,7 +21,7 @@ func TestMain(m *testing.M) {
 
 // shortFaults are the faults of the short run: every kind that disturbs
 // only this run (no server restart but Redlock's private nodes).
-var shortFaults = []string{FaultKill, FaultStop, FaultDrop, FaultPGTerminate, FaultPartition, FaultLatency}
+var shortFaults = []string{FaultKill, FaultDrop, FaultStop, FaultPGTerminate, FaultPartition, FaultLatency}
 
 // TestTortureShort runs a few seconds of torture on every storage that is
 // available, with kills, pauses, terminated and dropped connections, added
