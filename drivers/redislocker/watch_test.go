@@ -321,6 +321,16 @@ func TestWatchRecoversFromKilledConnection(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer stop()
+			subscribed := func() bool {
+				for _, u := range us {
+					if numsub(t, u, releasedChannel(redislocker.DefaultPrefix, "k")) != 1 {
+						return false
+					}
+				}
+				return true
+			}
+			// Redlock's Watch returns once a quorum confirmed; wait for all.
+			waitUntil(t, 10*time.Second, "the subscriptions", subscribed)
 			for round := 0; round < 3; round++ {
 				for _, u := range us {
 					if k, err := redis.Int(do(t, u, "CLIENT", "KILL", "TYPE", "pubsub")); err != nil || k != 1 {
@@ -330,14 +340,7 @@ func TestWatchRecoversFromKilledConnection(t *testing.T) {
 				if !received(ch, 10*time.Second) {
 					t.Fatalf("round %d: no wake-up after the connection came back", round)
 				}
-				waitUntil(t, 10*time.Second, "the re-subscription", func() bool {
-					for _, u := range us {
-						if numsub(t, u, releasedChannel(redislocker.DefaultPrefix, "k")) != 1 {
-							return false
-						}
-					}
-					return true
-				})
+				waitUntil(t, 10*time.Second, "the re-subscription", subscribed)
 				if _, err := l.Acquire(ctx, "k", "o", time.Minute); err != nil {
 					t.Fatal(err)
 				}
