@@ -36,6 +36,7 @@ type childConfig struct {
 	TTL      time.Duration
 	Hold     time.Duration
 	Deadline time.Time // wall clock: stop even if the coordinator vanished
+	Split    bool      // lock in a namespace of this process's own (a broken lock, for tests)
 }
 
 // IsChild reports whether this process is a torture worker process, started
@@ -184,6 +185,9 @@ func (c *child) emitStats() {
 }
 
 func runChild(cc childConfig) error {
+	if cc.Split {
+		cc.Options.Prefix += fmt.Sprintf("-p%d", cc.Proc)
+	}
 	octx, ocancel := context.WithTimeout(context.Background(), 30*time.Second)
 	l, closeLocker, err := storage.Open(octx, cc.URLs, cc.Options)
 	ocancel()

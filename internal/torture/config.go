@@ -87,6 +87,11 @@ type Config struct {
 	// restart without persistence).
 	LockOverlapOK bool
 
+	// splitNamespace breaks the lock on purpose, for the test that proves
+	// the judge: each worker process locks in a key prefix of its own, so
+	// processes do not exclude one another (redis and redlock backends).
+	splitNamespace bool
+
 	Keep    bool      // keep the run's schema, key prefix and collection
 	Verbose bool      // print faults and worker errors as they happen
 	Log     io.Writer // progress messages (default os.Stderr)

@@ -96,6 +96,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		Run: r.id, URLs: r.be.proxied, Options: r.be.opts, FenceURL: fenceURL, Schema: r.schema,
 		Keys: keys, Workers: cfg.Workers, TTL: cfg.TTL, Hold: cfg.Hold,
 		Deadline: time.Now().Add(cfg.Duration + 10*cfg.TTL + time.Minute),
+		Split:    cfg.splitNamespace,
 	}
 
 	start := time.Now()

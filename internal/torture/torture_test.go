@@ -102,3 +102,32 @@ func TestTortureShort(t *testing.T) {
 		})
 	}
 }
+
+// TestTortureCatchesBrokenLock proves the judge: with every worker process
+// locking in a key prefix of its own, processes do not exclude one another,
+// and the run must see it and fail, while the fence still keeps every
+// overlap out of the accepted log.
+func TestTortureCatchesBrokenLock(t *testing.T) {
+	cfg := Config{
+		Backend: BackendRedis, Duration: 3 * time.Second, Procs: 3, Workers: 2, Keys: 1,
+		TTL: 500 * time.Millisecond, PostgresURL: testutil.PostgresURL(t), RedisURL: testutil.RedisURL(t),
+		splitNamespace: true,
+	}
+	var log bytes.Buffer
+	cfg.Log = &log
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log.String())
+	}
+	var out strings.Builder
+	s.Print(&out)
+	t.Logf("\n%s", out.String())
+	if !s.Failed() || s.Violations() == 0 {
+		t.Fatalf("a lock that does not exclude across processes went unnoticed: failed %v, violations %d", s.Failed(), s.Violations())
+	}
+	if s.Check.AcceptedOverlap != 0 || s.Check.TokenRegression != 0 {
+		t.Fatalf("the fence let overlapping writes through: %+v", s.Check)
+	}
+}
