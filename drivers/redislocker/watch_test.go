@@ -341,6 +341,9 @@ func TestWatchRecoversFromKilledConnection(t *testing.T) {
 					t.Fatalf("round %d: no wake-up after the connection came back", round)
 				}
 				waitUntil(t, 10*time.Second, "the re-subscription", subscribed)
+				for received(ch, 50*time.Millisecond) {
+					// other nodes' wake-ups after their reconnection
+				}
 				if _, err := l.Acquire(ctx, "k", "o", time.Minute); err != nil {
 					t.Fatal(err)
 				}
