@@ -419,6 +419,7 @@ func (ls *lease) refresh(ctx context.Context, ttl, limit time.Duration) error {
 		ls.lose(cause)
 		return cause
 	case err != nil:
+		ls.check() // the attempt may have run past the lease's deadline
 		if ls.ctx.Err() != nil {
 			return errors.Join(context.Cause(ls.ctx), err)
 		}

@@ -64,10 +64,25 @@ func invalid(format string, args ...any) error {
 // URL, which may hold a password.
 func Scheme(rawURL string) (string, error) {
 	i := strings.Index(rawURL, "://")
-	if i <= 0 {
+	if i <= 0 || !validScheme(rawURL[:i]) {
+		// Never echo the text: it may hold a password.
 		return "", invalid("storage URL without a scheme (want postgres://, redis:// or mongodb://)")
 	}
 	return strings.ToLower(rawURL[:i]), nil
+}
+
+// validScheme reports whether s has the form of a URL scheme (RFC 3986): a
+// letter, then letters, digits, "+", "-" or ".".
+func validScheme(s string) bool {
+	for i, c := range s {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
 
 // KindOf returns the storage that urls select. It returns an error matching
