@@ -98,12 +98,14 @@ func (l *Lock) lock(ctx, parent context.Context, opts []Option) error {
 	case l.cur != nil && l.cur.ctx.Err() == nil:
 		l.mu.Unlock()
 		return ErrAlreadyHeld
-	case l.cur != nil: // a lost lease: finish it off before taking a new one
-		l.cur.end(nil)
-		l.cur = nil
 	}
+	lost := l.cur // a lost lease, or nil: finish it off before taking a new one
+	l.cur = nil
 	l.acquiring = true
 	l.mu.Unlock()
+	if lost != nil {
+		lost.end(nil) // outside l.mu: its refresher may be calling the observer
+	}
 
 	ls, err := l.acquire(ctx, parent, &cfg)
 
