@@ -409,8 +409,11 @@ func (s *subscriber) run(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		if err == nil {
-			backoff = minBackoff
-			err = s.read(conn)
+			var healthy bool
+			healthy, err = s.read(conn)
+			if healthy {
+				backoff = minBackoff
+			}
 		}
 
 		s.mu.Lock()
@@ -515,20 +518,23 @@ func (s *subscriber) pinger(conn redis.Conn) func() {
 	}
 }
 
-// read receives until the connection fails.
-func (s *subscriber) read(conn redis.Conn) error {
+// read receives until the connection fails. healthy reports whether a
+// reply came that was not an error (the backoff then starts again from its
+// minimum): a server that refuses the subscriptions (an ACL without the
+// channels, say) is not redialled at once, again and again.
+func (s *subscriber) read(conn redis.Conn) (healthy bool, err error) {
 	_, timeouts := conn.(redis.ConnWithTimeout)
 	for {
 		var v interface{}
-		var err error
 		if timeouts {
 			v, err = redis.ReceiveWithTimeout(conn, readIdle)
 		} else {
 			v, err = conn.Receive()
 		}
 		if err != nil {
-			return err
+			return healthy, err
 		}
+		healthy = true
 		vs, ok := v.([]interface{})
 		if !ok || len(vs) < 2 {
 			continue // PONG outside subscribed mode

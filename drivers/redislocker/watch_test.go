@@ -464,3 +464,60 @@ func TestWatchWithoutDialer(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchDeniedChannels: a user whose ACL denies pub/sub channels (Redis
+// 7's default for new users) still releases, Watch fails (waiters poll),
+// and the refused subscription connection is not redialled in a tight loop.
+func TestWatchDeniedChannels(t *testing.T) {
+	t.Parallel()
+	srv := testutil.StartRedisServer(t)
+	if _, err := do(t, srv.URL(), "ACL", "SETUSER", "locks", "on", ">pw", "~*", "+@all", "resetchannels"); err != nil {
+		t.Skipf("no ACLs on this server: %v", err) // Redis < 6
+	}
+	l, err := redislocker.Open(fmt.Sprintf("redis://locks:pw@%s", srv.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := ctxFor(t, 30*time.Second)
+	if _, err := l.Acquire(ctx, "k", "o", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx, "k", "o"); err != nil {
+		t.Fatalf("Release by a user who may not publish: %v", err)
+	}
+	if _, _, err := l.Watch(ctx, "k"); err == nil {
+		t.Fatal("Watch succeeded without channel permissions")
+	}
+	stats := func() int {
+		s, err := redis.String(do(t, srv.URL(), "INFO", "stats"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(s, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_connections_received:"); ok {
+				var n int
+				fmt.Sscan(v, &n)
+				return n
+			}
+		}
+		t.Fatal("no total_connections_received in INFO")
+		return 0
+	}
+	before := stats()
+	// Keep a watcher registered (as a waiting Lock would) while watching
+	// the connections the Locker opens.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if _, stop, err := l.Watch(ctx, "k"); err == nil {
+			stop()
+			t.Fatal("Watch succeeded without channel permissions")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Backoff doubles from 25ms: about 6 dials in a second, plus the
+	// checks' own connections.
+	if n := stats() - before; n > 40 {
+		t.Fatalf("%d connections in a second: the refused subscription is redialled in a tight loop", n)
+	}
+}
