@@ -1,13 +1,17 @@
 -- name: Acquire :one
 -- Acquire takes key for owner if it is free or its lease has expired, and
 -- returns the new fencing token; no row means a live lease is held. Run it in
--- a REPEATABLE READ transaction: a row changed by a concurrent acquirer after
--- the snapshot then fails with 40001 instead of being overwritten.
+-- a REPEATABLE READ transaction (a row changed by a concurrent acquirer after
+-- the snapshot then fails with 40001 instead of being overwritten) or on its
+-- own at READ COMMITTED (ON CONFLICT locks the row and re-checks the WHERE
+-- against its latest version, so a live lease is never overwritten either).
 --
 -- The token is drawn while holding a transaction-level advisory lock on the
 -- key's hash, so concurrent acquirers of one key draw their tokens in the
 -- order in which they may insert: a token drawn early by a stalled acquirer
--- can never be stored after a later token was granted and released.
+-- can never be stored after a later token was granted and released. Run on
+-- its own, the statement's implicit transaction holds the advisory lock
+-- until it commits.
 INSERT INTO dlock_locks AS l (key, owner, token, acquired_at, expires_at)
 VALUES (
     sqlc.arg(key),
@@ -42,6 +46,20 @@ DELETE FROM dlock_locks
 WHERE key = sqlc.arg(key)
   AND owner = sqlc.arg(owner)
 RETURNING (expires_at > statement_timestamp())::boolean AS live;
+
+-- name: ReleaseNotify :one
+-- ReleaseNotify is Release that also notifies channel, with key as the
+-- payload, when it deleted a row (live or expired: either way the key is now
+-- free). The notification is sent when the statement's transaction commits;
+-- no row deleted, no notification.
+WITH released AS (
+    DELETE FROM dlock_locks
+    WHERE key = sqlc.arg(key)
+      AND owner = sqlc.arg(owner)
+    RETURNING key, (expires_at > statement_timestamp())::boolean AS live
+)
+SELECT released.live
+FROM released, pg_notify(sqlc.arg(channel)::text, released.key);
 
 -- name: Inspect :one
 -- Inspect returns the live holder of key and the lease's remaining time in

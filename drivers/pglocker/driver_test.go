@@ -549,14 +549,28 @@ func TestOpenClose(t *testing.T) {
 // An acquirer draws its token only once it holds the key's transaction-level
 // advisory lock, so a token drawn meanwhile by anyone holding that lock is
 // smaller: acquirers of one key draw tokens in the order they may insert.
+// That holds for the single-statement Acquire as well: its implicit
+// transaction holds the advisory lock.
 func TestTokenDrawnUnderKeyLock(t *testing.T) {
 	t.Parallel()
+	for _, single := range []bool{false, true} {
+		t.Run(fmt.Sprintf("single=%v", single), func(t *testing.T) {
+			t.Parallel()
+			testTokenDrawnUnderKeyLock(t, single)
+		})
+	}
+}
+
+func testTokenDrawnUnderKeyLock(t *testing.T, single bool) {
 	fx := setUp(t)
 	ctx := testCtx(t)
-	table := testutil.PostgresTable(t, "keylock")
+	table := testutil.PostgresTable(t, fmt.Sprintf("keylock_%v", single))
 	n, _ := migrations.ParseTable(table)
 	db := openDB(t, "postgres", fx.url)
-	l := newLocker(t, db, table)
+	l, err := pglocker.New(db, pglocker.Table(table), pglocker.SingleStatement(single))
+	if err != nil {
+		t.Fatal(err)
+	}
 	key := testutil.Key(t)
 
 	tx, err := db.BeginTx(ctx, nil)

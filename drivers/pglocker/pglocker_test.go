@@ -34,17 +34,48 @@ var sqlDrivers = []string{"postgres", "pgx"}
 // driver describes pglocker over the database/sql driver sqlDriver to the
 // conformance suite: every client gets a pool of its own, connected before it
 // is handed out, so that a short lease's first acquire does not include
-// dialling and authentication.
-func driver(name, sqlDriver string) testutil.Driver {
+// dialling and authentication. mode adds options: notify turns on
+// wake-on-release (the Notify option, on the pool's URL).
+func driver(name, sqlDriver string, mode ...string) testutil.Driver {
+	var notify bool
+	var opts []pglocker.Option
+	for _, m := range mode {
+		switch m {
+		case "notify":
+			notify = true
+		case "single":
+			opts = append(opts, pglocker.SingleStatement(true))
+		default:
+			panic("unknown mode " + m)
+		}
+	}
+	newOne := func(t testing.TB, url, table string) locker.Locker {
+		o := append(opts[:len(opts):len(opts)], pglocker.Table(table))
+		if notify {
+			o = append(o, pglocker.Notify(url))
+		}
+		l, err := pglocker.New(connectedDB(t, sqlDriver, url), o...)
+		if err != nil {
+			t.Fatalf("pglocker.New: %v", err)
+		}
+		t.Cleanup(func() { l.Close() })
+		if !notify {
+			// Without Notify, Watch fails at once and waiting Lock calls
+			// poll: hide it from the suite, whose wake-on-release test is
+			// for Lockers that wake.
+			return polling{l, l}
+		}
+		return l
+	}
 	return testutil.Driver{
 		Name: name,
 		New: func(t testing.TB) locker.Locker {
 			url, schema := testutil.PostgresSchema(t)
-			return newLocker(t, connectedDB(t, sqlDriver, url), schema+".dlock_locks")
+			return newOne(t, url, schema+".dlock_locks")
 		},
 		NewNamespace: func(t testing.TB, ns string) locker.Locker {
 			url, _ := testutil.PostgresSchema(t)
-			return newLocker(t, connectedDB(t, sqlDriver, url), testutil.PostgresTable(t, "ns_"+ns))
+			return newOne(t, url, testutil.PostgresTable(t, "ns_"+ns))
 		},
 		Broken: func(t testing.TB) locker.Locker {
 			// A table that does not exist: every statement fails with 42P01.
@@ -65,6 +96,25 @@ func TestConformanceLibPQ(t *testing.T) {
 func TestConformancePgx(t *testing.T) {
 	setUp(t)
 	testutil.RunConformance(t, driver("pglocker/pgx", "pgx"))
+}
+
+// Wake-on-release: the suite's WakeOnRelease test runs, with a waiter that
+// polls once an hour.
+func TestConformanceLibPQNotify(t *testing.T) {
+	setUp(t)
+	testutil.RunConformance(t, driver("pglocker/lib/pq/notify", "postgres", "notify"))
+}
+
+// Acquire as a single autocommit statement at READ COMMITTED.
+func TestConformanceLibPQSingleStatement(t *testing.T) {
+	setUp(t)
+	testutil.RunConformance(t, driver("pglocker/lib/pq/single-statement", "postgres", "single"))
+}
+
+// polling is a Locker without Watch: the suite sees a driver that polls.
+type polling struct {
+	locker.Locker
+	locker.Purger
 }
 
 // openDB opens a pool with sqlDriver that the test closes when it ends.
@@ -96,6 +146,7 @@ func newLocker(t testing.TB, db pglocker.DB, table string) *pglocker.Locker {
 	if err != nil {
 		t.Fatalf("pglocker.New: %v", err)
 	}
+	t.Cleanup(func() { l.Close() })
 	return l
 }
 

@@ -36,13 +36,17 @@ type AcquireParams struct {
 
 // Acquire takes key for owner if it is free or its lease has expired, and
 // returns the new fencing token; no row means a live lease is held. Run it in
-// a REPEATABLE READ transaction: a row changed by a concurrent acquirer after
-// the snapshot then fails with 40001 instead of being overwritten.
+// a REPEATABLE READ transaction (a row changed by a concurrent acquirer after
+// the snapshot then fails with 40001 instead of being overwritten) or on its
+// own at READ COMMITTED (ON CONFLICT locks the row and re-checks the WHERE
+// against its latest version, so a live lease is never overwritten either).
 //
 // The token is drawn while holding a transaction-level advisory lock on the
 // key's hash, so concurrent acquirers of one key draw their tokens in the
 // order in which they may insert: a token drawn early by a stalled acquirer
-// can never be stored after a later token was granted and released.
+// can never be stored after a later token was granted and released. Run on
+// its own, the statement's implicit transaction holds the advisory lock
+// until it commits.
 func (q *Queries) Acquire(ctx context.Context, db DBTX, arg AcquireParams) (int64, error) {
 	row := db.QueryRowContext(ctx, Acquire, arg.Key, arg.Owner, arg.TtlMs)
 	var token int64
@@ -153,6 +157,34 @@ type ReleaseParams struct {
 // the lease was still live; no row means owner had none.
 func (q *Queries) Release(ctx context.Context, db DBTX, arg ReleaseParams) (bool, error) {
 	row := db.QueryRowContext(ctx, Release, arg.Key, arg.Owner)
+	var live bool
+	err := row.Scan(&live)
+	return live, err
+}
+
+const ReleaseNotify = `-- name: ReleaseNotify :one
+WITH released AS (
+    DELETE FROM dlock_locks
+    WHERE key = $2
+      AND owner = $3
+    RETURNING key, (expires_at > statement_timestamp())::boolean AS live
+)
+SELECT released.live
+FROM released, pg_notify($1::text, released.key)
+`
+
+type ReleaseNotifyParams struct {
+	Channel string
+	Key     string
+	Owner   string
+}
+
+// ReleaseNotify is Release that also notifies channel, with key as the
+// payload, when it deleted a row (live or expired: either way the key is now
+// free). The notification is sent when the statement's transaction commits;
+// no row deleted, no notification.
+func (q *Queries) ReleaseNotify(ctx context.Context, db DBTX, arg ReleaseNotifyParams) (bool, error) {
+	row := db.QueryRowContext(ctx, ReleaseNotify, arg.Channel, arg.Key, arg.Owner)
 	var live bool
 	err := row.Scan(&live)
 	return live, err
