@@ -115,11 +115,11 @@ func poolDial(p Pool) DialFunc {
 //
 // All watched keys share one subscription connection per server, dialled
 // on the first Watch (see [Subscriber]) and kept until [Locker.Close];
-// after an error it is redialled with backoff. Watch returns an error,
-// and the caller should poll, when the Locker has no way to dial, the
-// connection is down or being redialled after an error, the subscription
-// is not confirmed within 2 seconds or before ctx ends, or the Locker is
-// closed. It returns [locker.ErrInvalidKey] for a bad key.
+// after an error it is redialled with backoff (25ms doubling to 5s).
+// Watch returns an error, and the caller should poll, when the Locker has
+// no way to dial, the connection failed and waits out its backoff, the
+// subscription is not confirmed within 2 seconds or before ctx ends, or
+// the Locker is closed. It returns [locker.ErrInvalidKey] for a bad key.
 func (l *Locker) Watch(ctx context.Context, key string) (released <-chan struct{}, stop func(), err error) {
 	if err := locker.ValidateKey(key); err != nil {
 		return nil, nil, err
