@@ -51,7 +51,9 @@ RETURNING (expires_at > statement_timestamp())::boolean AS live;
 -- ReleaseNotify is Release that also notifies channel, with key as the
 -- payload, when it deleted a row (live or expired: either way the key is now
 -- free). The notification is sent when the statement's transaction commits;
--- no row deleted, no notification.
+-- no row deleted, no notification. A notification queue more than half full
+-- (a listener somewhere in the database is not reading) gets no more from
+-- here: when the queue is full the commit fails, and a release must not.
 WITH released AS (
     DELETE FROM dlock_locks
     WHERE key = sqlc.arg(key)
@@ -59,7 +61,11 @@ WITH released AS (
     RETURNING key, (expires_at > statement_timestamp())::boolean AS live
 )
 SELECT released.live
-FROM released, pg_notify(sqlc.arg(channel)::text, released.key);
+FROM released
+LEFT JOIN LATERAL (
+    SELECT pg_notify(sqlc.arg(channel)::text, released.key)
+    WHERE pg_notification_queue_usage() < 0.5
+) AS notified ON true;
 
 -- name: Inspect :one
 -- Inspect returns the live holder of key and the lease's remaining time in

@@ -85,3 +85,27 @@ func ExampleLocker_Fence() {
 		log.Fatal(err)
 	}
 }
+
+// With Notify, a Lock call waiting for a held key is woken by its release
+// instead of polling: the Locker listens on a connection of its own, opened
+// from the connection string on the first wait and closed by Close.
+func ExampleNotify() {
+	ctx := context.Background()
+	const dsn = "postgres://app@localhost/app?sslmode=disable&application_name=locks"
+	pg, err := pglocker.Open(dsn, pglocker.Notify(""), pglocker.SingleStatement(true))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pg.Close() // ends the listener connection too
+	f, err := locker.NewFactory(pg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Polls every 10 seconds, but takes the lock as soon as it is released.
+	err = f.Do(ctx, "nightly-report", func(ctx context.Context) error {
+		return nil // ... the work ...
+	}, locker.Retries(locker.Unlimited), locker.Interval(10*time.Second))
+	if err != nil {
+		log.Print(err)
+	}
+}

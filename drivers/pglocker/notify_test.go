@@ -139,16 +139,26 @@ func TestNotifyOptionChecks(t *testing.T) {
 }
 
 // A waiter that polls once an hour gets the lock as soon as it is released,
-// on a table whose long non-ASCII name makes a hashed channel name.
+// on a table whose long non-ASCII name makes a hashed channel name, with
+// either database/sql driver (the listener is lib/pq's either way).
 func TestNotifyWakesHourlyPoller(t *testing.T) {
 	t.Parallel()
+	for _, sqlDriver := range sqlDrivers {
+		t.Run(sqlDriver, func(t *testing.T) {
+			t.Parallel()
+			testNotifyWakesHourlyPoller(t, sqlDriver)
+		})
+	}
+}
+
+func testNotifyWakesHourlyPoller(t *testing.T, sqlDriver string) {
 	fx := setUp(t)
 	ctx := testCtx(t)
 	db := openDB(t, "postgres", fx.url)
-	table := testutil.PostgresTable(t, strings.Repeat("ü", 24)) // 48 bytes, schema-qualified
+	table := testutil.PostgresTable(t, strings.Repeat("ü", 23)+sqlDriver[:1]) // 47 bytes, schema-qualified
 	dsn, app := appURL(t, fx.url)
-	holder := newNotifyLocker(t, openDB(t, "postgres", fx.url), fx.url, table)
-	waiting := newNotifyLocker(t, openDB(t, "postgres", fx.url), dsn, table)
+	holder := newNotifyLocker(t, openDB(t, sqlDriver, fx.url), fx.url, table)
+	waiting := newNotifyLocker(t, openDB(t, sqlDriver, fx.url), dsn, table)
 	fh, err := locker.NewFactory(holder)
 	if err != nil {
 		t.Fatal(err)

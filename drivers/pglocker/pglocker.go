@@ -71,9 +71,11 @@
 //
 // A notification is queued when the release commits; PostgreSQL serialises
 // the commits of notifying transactions of a database, which caps releases
-// per second under heavy parallel use, and a listener that does not read
-// fills the server's notification queue (the Locker's listener reads
-// continuously). Without Notify, Release runs the plain DELETE, nothing is
+// per second under heavy parallel use. A full notification queue (a listener
+// somewhere in the database that does not read fills it; the Locker's reads
+// continuously) makes commits that notify fail, so Release stops notifying
+// while the queue is more than half full: releases never fail for it, and
+// waiters poll. Without Notify, Release runs the plain DELETE, nothing is
 // listened to, and Watch fails at once, so waiting Lock calls poll. Behind PgBouncer in transaction mode, give Notify a
 // connection string that reaches the server directly: LISTEN needs a
 // session.

@@ -170,7 +170,11 @@ WITH released AS (
     RETURNING key, (expires_at > statement_timestamp())::boolean AS live
 )
 SELECT released.live
-FROM released, pg_notify($1::text, released.key)
+FROM released
+LEFT JOIN LATERAL (
+    SELECT pg_notify($1::text, released.key)
+    WHERE pg_notification_queue_usage() < 0.5
+) AS notified ON true
 `
 
 type ReleaseNotifyParams struct {
@@ -182,7 +186,9 @@ type ReleaseNotifyParams struct {
 // ReleaseNotify is Release that also notifies channel, with key as the
 // payload, when it deleted a row (live or expired: either way the key is now
 // free). The notification is sent when the statement's transaction commits;
-// no row deleted, no notification.
+// no row deleted, no notification. A notification queue more than half full
+// (a listener somewhere in the database is not reading) gets no more from
+// here: when the queue is full the commit fails, and a release must not.
 func (q *Queries) ReleaseNotify(ctx context.Context, db DBTX, arg ReleaseNotifyParams) (bool, error) {
 	row := db.QueryRowContext(ctx, ReleaseNotify, arg.Channel, arg.Key, arg.Owner)
 	var live bool
