@@ -186,7 +186,14 @@ func (a *attempter) try() (*lease, error) {
 	a.attempts++
 	l, cfg := a.l, a.cfg
 	sent := time.Now()
-	granted, err := l.locker.Acquire(a.ctx, l.key, a.owner, cfg.ttl)
+	// A grant that arrives after a TTL cannot be trusted anyway: bound the
+	// attempt by it, so a hung storage cannot hang Lock.
+	actx, cancel := context.WithTimeout(a.ctx, cfg.ttl)
+	granted, err := l.locker.Acquire(actx, l.key, a.owner, cfg.ttl)
+	cancel()
+	if err != nil && actx.Err() != nil && a.ctx.Err() == nil {
+		err = fmt.Errorf("dlock: the attempt took longer than the TTL of %v: %w", cfg.ttl, err)
+	}
 	switch {
 	case err == nil:
 		deadline := sent.Add(granted.Validity)
