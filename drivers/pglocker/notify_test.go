@@ -56,14 +56,20 @@ func listenerPIDs(t testing.TB, db *sql.DB, app string) []int {
 	return pids
 }
 
-// waitListening waits until the session named app has run LISTEN and is idle:
-// its LISTEN is in place.
-func waitListening(t testing.TB, db *sql.DB, app string) int {
+// waitListening waits until a session named app (other than the one with pid
+// not) has run LISTEN and is idle: its LISTEN is in place. It returns the
+// session's pid.
+func waitListening(t testing.TB, db *sql.DB, app string, not ...int) int {
 	t.Helper()
+	exclude := 0
+	if len(not) > 0 {
+		exclude = not[0]
+	}
 	var pid int
 	waitFor(t, app+" to LISTEN", 10*time.Second, func() bool {
 		err := db.QueryRow(`SELECT pid FROM pg_stat_activity
-			WHERE application_name = $1 AND state = 'idle' AND starts_with(query, 'LISTEN ')`, app).Scan(&pid)
+			WHERE application_name = $1 AND state = 'idle' AND starts_with(query, 'LISTEN ')
+			  AND pid <> $2`, app, exclude).Scan(&pid)
 		if errors.Is(err, sql.ErrNoRows) {
 			return false
 		}
@@ -350,10 +356,10 @@ func TestNotifyListenerKilledRecovers(t *testing.T) {
 	if !received(ch, 15*time.Second) {
 		t.Fatal("the waiter was not woken after the listener reconnected")
 	}
-	pid2 := waitListening(t, db, app)
-	if pid2 == pid {
-		t.Fatalf("the listener kept pid %d", pid)
-	}
+	waitListening(t, db, app, pid) // a new session
+	waitFor(t, "the killed session to go", 10*time.Second, func() bool {
+		return len(listenerPIDs(t, db, app)) == 1
+	})
 	// Watches and releases work again on the new session.
 	var ch2 <-chan struct{}
 	waitFor(t, "Watch to succeed again", 10*time.Second, func() bool {
