@@ -75,8 +75,12 @@ func subjects() []subject {
 	return []subject{
 		{Name: "raw lib/pq", Backend: bPostgres, Kind: kFloor, open: openRawPG,
 			Settings: "prepared autocommit `INSERT … ON CONFLICT DO UPDATE … WHERE expired` + `DELETE … WHERE key AND owner`; waiters retry every poll ±50%"},
-		{Name: "dlock pglocker", Backend: bPostgres, Kind: kDlock, open: openDlockPG,
-			Settings: "pglocker.New(*sql.DB) (default mode); Retries(Unlimited), WithBackoff(Jitter(poll, 0.5)); waiters are also woken on release when the driver is a locker.Watcher"},
+		{Name: "dlock pglocker", Backend: bPostgres, Kind: kDlock, open: openDlockPG(false, false),
+			Settings: "pglocker.New(*sql.DB), the default configuration: acquire in a REPEATABLE READ transaction, prepared statements, no notifications (waiters poll); Retries(Unlimited), WithBackoff(Jitter(poll, 0.5))"},
+		{Name: "dlock pglocker single", Backend: bPostgres, Kind: kDlock, open: openDlockPG(true, false),
+			Settings: "as above with SingleStatement(true): acquire is one autocommit statement"},
+		{Name: "dlock pglocker single+notify", Backend: bPostgres, Kind: kDlock, open: openDlockPG(true, true),
+			Settings: "as above with SingleStatement(true) and Notify(dsn): release notifies, waiters are woken by LISTEN on a connection of the Locker's own"},
 		{Name: "cirello.io/pglock", Backend: bPostgres, Kind: kAnchor, open: openPglock,
 			Settings: "AcquireContext with FailIfLocked() in a loop, waiting poll ±50% between attempts (its blocking acquire sleeps a whole lease between attempts); heartbeat off; release deletes the row"},
 
@@ -140,27 +144,38 @@ func openRawPG(ctx context.Context, e *env) (*client, error) {
 	}, nil
 }
 
-const dlockPGTable = "dlock_bench_locks"
-
-func openDlockPG(ctx context.Context, e *env) (*client, error) {
-	db, err := openPGDB(ctx, e)
-	if err != nil {
-		return nil, err
+func openDlockPG(single, notify bool) func(context.Context, *env) (*client, error) {
+	return func(ctx context.Context, e *env) (*client, error) {
+		db, err := openPGDB(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		// A table of its own for each configuration, and so a notification
+		// channel of its own.
+		table := "dlock_bench_locks"
+		opts := []pglocker.Option{pglocker.SingleStatement(single)}
+		if single {
+			table += "_single"
+		}
+		if notify {
+			table += "_notify"
+			opts = append(opts, pglocker.Notify(e.PostgresURL))
+		}
+		if err := migrations.Up(ctx, db, migrations.Table(table)); err != nil {
+			db.Close()
+			return nil, err
+		}
+		if _, err := db.ExecContext(ctx, `DELETE FROM `+table); err != nil {
+			db.Close()
+			return nil, err
+		}
+		l, err := pglocker.New(db, append(opts, pglocker.Table(table))...)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		return dlockClient(l, e, func() { l.Close(); db.Close() })
 	}
-	if err := migrations.Up(ctx, db, migrations.Table(dlockPGTable)); err != nil {
-		db.Close()
-		return nil, err
-	}
-	if _, err := db.ExecContext(ctx, `DELETE FROM `+dlockPGTable); err != nil {
-		db.Close()
-		return nil, err
-	}
-	l, err := pglocker.New(db, pglocker.Table(dlockPGTable))
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	return dlockClient(l, e, func() { l.Close(); db.Close() })
 }
 
 // dlockClient makes locks through the public locker API.
