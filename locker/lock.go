@@ -190,10 +190,10 @@ func (a *attempter) try() (*lease, error) {
 	// attempt by it, so a hung storage cannot hang Lock.
 	actx, cancel := context.WithTimeout(a.ctx, cfg.ttl)
 	granted, err := l.locker.Acquire(actx, l.key, a.owner, cfg.ttl)
-	cancel()
 	if err != nil && actx.Err() != nil && a.ctx.Err() == nil {
 		err = fmt.Errorf("dlock: the attempt took longer than the TTL of %v: %w", cfg.ttl, err)
 	}
+	cancel()
 	switch {
 	case err == nil:
 		deadline := sent.Add(granted.Validity)

@@ -3,6 +3,7 @@ package locker_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,5 +50,22 @@ func TestHungStorageAttemptEndsAfterTTL(t *testing.T) {
 	// Each timed-out attempt may have reached the storage: both were released.
 	if n := len(h.releases); n != 2 {
 		t.Fatalf("%d clean-up releases after 2 timed-out attempts", n)
+	}
+}
+
+// failing is a storage whose Acquire fails at once with a backend error.
+type failing struct{ *memlocker.Locker }
+
+var errRefused = errors.New("connection refused")
+
+func (failing) Acquire(context.Context, string, string, time.Duration) (locker.Lease, error) {
+	return locker.Lease{}, errRefused
+}
+
+func TestQuickBackendErrorIsNotATimeout(t *testing.T) {
+	f, _ := locker.NewFactory(failing{memlocker.New()})
+	err := f.NewLock("k").TryLock(context.Background())
+	if !errors.Is(err, errRefused) || errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "longer than the TTL") {
+		t.Fatalf("TryLock = %v, want the backend's error as it is", err)
 	}
 }
