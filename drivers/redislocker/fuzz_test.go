@@ -110,7 +110,7 @@ func FuzzReplies(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, replies []byte, op uint8) {
 		if hugeLength(replies) {
-			t.Skip("an announced length redigo would try to allocate")
+			return // an announced length redigo would try to allocate (an upstream panic; see hugeLength)
 		}
 		l, err := New(newFzPool(replies))
 		if err != nil {
@@ -129,7 +129,7 @@ func FuzzRedlockReplies(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b, c []byte, op uint8) {
 		if hugeLength(a, b, c) {
-			t.Skip("an announced length redigo would try to allocate")
+			return // an announced length redigo would try to allocate (an upstream panic; see hugeLength)
 		}
 		l, err := NewRedlock([]Pool{newFzPool(a), newFzPool(b), newFzPool(c)})
 		if err != nil {
@@ -192,7 +192,7 @@ func FuzzParseHolder(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, reply []byte) {
 		if hugeLength(reply) {
-			t.Skip("an announced length redigo would try to allocate")
+			return // an announced length redigo would try to allocate (an upstream panic; see hugeLength)
 		}
 		c := redis.NewConn(&fzConn{r: bytes.NewReader(reply)}, time.Second, time.Second)
 		v, err := c.Receive()
