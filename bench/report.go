@@ -286,18 +286,19 @@ func (r *report) write(w io.Writer) error {
 	}
 
 	p("\n## Summary\n\n")
-	p("Uncontended: the lock+unlock p50 as a multiple of the raw floor's in the same round (1.00 = as fast as the floor; lower is better). %d goroutines: time per lock+unlock (the inverse of throughput) as a multiple of the floor's. Then, for %d goroutines taking turns on one key with a %v critical section, critical sections per second (higher is better; `time.Sleep(%v)` caps it near %.0f here) and the hand-off p50 in milliseconds, with waiters retrying every %v and every %v.\n\n",
+	p("Uncontended: the lock+unlock p50 as a multiple of the raw floor's in the same round (1.00 = as fast as the floor; lower is better). %d goroutines: time per lock+unlock (the inverse of throughput) as a multiple of the floor's. Then, for %d goroutines taking turns on one key with a %v critical section, critical sections per second (higher is better; `time.Sleep(%v)` caps it near %.0f here) and the hand-off p50 in milliseconds, with waiters retrying every %v and every %v; with the slower retries, *hand-offs/s* counts only the critical sections that went to another goroutine than the one that had just released (the rest were taken straight back while the waiters slept).\n\n",
 		cfg.Parallel, cfg.Contenders, cfg.Hold, cfg.Hold, r.sleepCap, cfg.Poll, cfg.Relaxed)
-	p("| Backend | Library | uncontended × floor | %d goroutines × floor | CS/s, poll %v | hand-off p50, poll %v | CS/s, poll %v | hand-off p50, poll %v | overlaps |\n",
-		cfg.Parallel, cfg.Poll, cfg.Poll, cfg.Relaxed, cfg.Relaxed)
-	p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("| Backend | Library | uncontended × floor | %d goroutines × floor | CS/s, poll %v | hand-off p50, poll %v | CS/s, poll %v | hand-offs/s, poll %v | hand-off p50, poll %v | overlaps |\n",
+		cfg.Parallel, cfg.Poll, cfg.Poll, cfg.Relaxed, cfg.Relaxed, cfg.Relaxed)
+	p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.subjects {
-		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Backend, s.Name,
 			fm(r.vsFloor(s, wUncontended, p50Ratio), 2),
 			fm(r.vsFloor(s, wParallel, timeRatio), 2),
 			fm(r.across(s.Name, wContended, opsRate), 0),
 			fm(r.across(s.Name, wContended, pct(.5, handoffOf)), 3),
 			fm(r.across(s.Name, wRelaxed, opsRate), 0),
+			fm(r.across(s.Name, wRelaxed, handoffRate), 0),
 			fm(r.across(s.Name, wRelaxed, pct(.5, handoffOf)), 3),
 			r.overlapCount(s.Name))
 	}
