@@ -135,7 +135,7 @@ func main() {
 	if cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Parallel < 1 || cfg.Contenders < 2 || cfg.Hold < 0 || cfg.Poll <= 0 || cfg.Relaxed <= 0 {
 		fatalf("-rounds, -duration, -parallel, -poll, -relaxed-poll must be positive and -contenders at least 2")
 	}
-	command := *commandAs
+	command := strings.TrimSpace(*commandAs)
 	if command == "" {
 		command = strings.TrimSpace("go run . " + strings.Join(os.Args[1:], " "))
 	}
