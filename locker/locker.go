@@ -82,3 +82,25 @@ type Purger interface {
 type Watcher interface {
 	Watch(ctx context.Context, key string) (released <-chan struct{}, stop func(), err error)
 }
+
+// Transferer is implemented by drivers that can pass a live lease from one
+// owner straight to another in one atomic step. A [Factory] uses it to hand
+// a released lock to a Lock call of its own that is waiting for the same key
+// (see [Handoff]): one round trip instead of a release, a wake-up and an
+// acquire, and the key is never free in between.
+//
+// Transfer gives key, held by from, to owner to for ttl: a fresh TTL from
+// now by the storage's clock and a new fencing token, strictly greater than
+// every token handed out for key before, exactly as if from had released and
+// to had acquired. Its Lease's Validity is counted from the moment the
+// request was sent, as for Acquire. Release notifications are not sent: the
+// key is never free.
+//
+// Transfer returns ErrNotHeld (possibly wrapped), changing nothing, if from
+// holds no live lease on key; an error matching [errors.ErrUnsupported],
+// before any I/O, if this Locker cannot transfer (the caller then releases
+// and lets the next owner acquire); and a wrapped backend error for
+// anything else, after which key may be held by from, by to, or by no one.
+type Transferer interface {
+	Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (Lease, error)
+}
