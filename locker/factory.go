@@ -12,6 +12,7 @@ import (
 type Factory struct {
 	locker Locker
 	cfg    config
+	waits  *waitlist // Lock calls waiting for a hand-off; nil unless locker is a Transferer
 }
 
 // NewFactory returns a Factory over l. opts become the defaults of every lock
@@ -28,7 +29,11 @@ func NewFactory(l Locker, opts ...Option) (*Factory, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	return &Factory{locker: l, cfg: cfg}, nil
+	f := &Factory{locker: l, cfg: cfg}
+	if _, ok := l.(Transferer); ok {
+		f.waits = newWaitlist()
+	}
+	return f, nil
 }
 
 // Locker returns the storage the factory was made with.
@@ -38,7 +43,7 @@ func (f *Factory) Locker() Locker { return f.locker }
 // package's createLock). It does no I/O; an invalid key or option is
 // reported by the handle's Lock, TryLock and Refresh.
 func (f *Factory) NewLock(key string, opts ...Option) *Lock {
-	l := &Lock{locker: f.locker, key: key, cfg: f.cfg}
+	l := &Lock{locker: f.locker, key: key, cfg: f.cfg, waits: f.waits}
 	if err := ValidateKey(key); err != nil {
 		l.err = err
 	} else if err := l.cfg.apply(opts); err != nil {

@@ -18,7 +18,8 @@ type Lock struct {
 	locker Locker
 	key    string
 	cfg    config
-	err    error // invalid key or option, reported by Lock
+	err    error     // invalid key or option, reported by Lock
+	waits  *waitlist // the Factory's, for hand-offs; may be nil
 
 	mu        sync.Mutex
 	acquiring bool
@@ -31,6 +32,7 @@ type lease struct {
 	owner    string
 	token    int64
 	ttl      time.Duration
+	handoff  int // see Handoff
 	acquired time.Time
 	observer func(Event)
 
@@ -134,6 +136,7 @@ func (l *Lock) acquire(ctx, parent context.Context, cfg *config) (*lease, error)
 	}
 	a := attempter{l: l, cfg: cfg, ctx: ctx, parent: parent, owner: owner, start: time.Now()}
 	defer a.unwatch()
+	defer a.leave()
 	for retry := 0; ; retry++ {
 		ls, err := a.try()
 		if ls != nil || ctx.Err() != nil {
@@ -144,10 +147,15 @@ func (l *Lock) acquire(ctx, parent context.Context, cfg *config) (*lease, error)
 		}
 		if errors.Is(err, ErrNotObtained) {
 			a.watch()
+			a.line()
 		}
 		t := time.NewTimer(cfg.delay(retry + 1))
 	wait:
 		for {
+			var grant <-chan handed
+			if a.w != nil {
+				grant = a.w.grant
+			}
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -161,6 +169,16 @@ func (l *Lock) acquire(ctx, parent context.Context, cfg *config) (*lease, error)
 					return ls, werr
 				}
 				err = werr
+				a.lineIf(werr)
+			case h := <-grant:
+				a.w = nil // delivered: out of the line
+				ls, werr := a.handed(h)
+				if ls != nil || ctx.Err() != nil {
+					t.Stop()
+					return ls, werr
+				}
+				err = werr
+				a.lineIf(werr)
 			}
 		}
 	}
@@ -178,11 +196,74 @@ type attempter struct {
 	released <-chan struct{} // nil until watching
 	stop     func()
 	watched  bool
+
+	w *waiter // in the Factory's line for a hand-off; nil if not
 }
 
 // try makes one attempt. It returns the lease, or the attempt's error (for a
 // cancelled ctx, the final error).
 func (a *attempter) try() (*lease, error) {
+	if a.w != nil {
+		if h, ok := a.l.waits.attempt(a.w); ok {
+			// A hand-off was under way: it decides instead.
+			a.w = nil
+			return a.handed(h)
+		}
+	}
+	return a.acquireOnce()
+}
+
+// handed takes the outcome of a hand-off: the lease, or else (a nudge, or a
+// lease that came too late) an attempt of its own.
+func (a *attempter) handed(h handed) (*lease, error) {
+	if a.ctx.Err() != nil {
+		if h.ok {
+			a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+		}
+		return nil, cancelled(a.ctx, nil)
+	}
+	if h.ok {
+		if ls, err := a.take(h); ls != nil || a.ctx.Err() != nil {
+			return ls, err
+		}
+	}
+	return a.acquireOnce()
+}
+
+// line puts the call in the Factory's line for a hand-off, or back in its
+// place after an attempt of its own failed.
+func (a *attempter) line() {
+	switch {
+	case a.l.waits == nil:
+	case a.w == nil:
+		a.w = a.l.waits.join(a.l.key, a.owner, a.cfg.ttl)
+	default:
+		a.l.waits.wait(a.w)
+	}
+}
+
+// lineIf puts the call back in line if err is contention.
+func (a *attempter) lineIf(err error) {
+	if errors.Is(err, ErrNotObtained) {
+		a.line()
+	}
+}
+
+// leave takes the call out of the line when it ends, giving back a lease
+// handed to it that it will not use.
+func (a *attempter) leave() {
+	if a.w == nil {
+		return
+	}
+	h, ok := a.l.waits.quit(a.w)
+	a.w = nil
+	if ok && h.ok {
+		a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+	}
+}
+
+// acquireOnce makes one Acquire call.
+func (a *attempter) acquireOnce() (*lease, error) {
 	a.attempts++
 	l, cfg := a.l, a.cfg
 	sent := time.Now()
@@ -203,14 +284,14 @@ func (a *attempter) try() (*lease, error) {
 			return ls, nil
 		}
 		// The grant arrived too late to be trusted: give it back.
-		l.abandon(a.ctx, cfg, a.owner)
+		l.abandon(a.ctx, cfg.ttl, a.owner)
 		err = fmt.Errorf("%w: the lease's validity ran out before the reply arrived", ErrNotObtained)
 	case a.ctx.Err() != nil:
 		// The request may have reached the storage: leave nothing held.
-		l.abandon(a.ctx, cfg, a.owner)
+		l.abandon(a.ctx, cfg.ttl, a.owner)
 		return nil, cancelled(a.ctx, err)
 	case !errors.Is(err, ErrNotObtained):
-		l.abandon(a.ctx, cfg, a.owner)
+		l.abandon(a.ctx, cfg.ttl, a.owner)
 	}
 	if cfg.observer != nil {
 		cfg.observer(Event{Kind: Contended, Key: l.key, Owner: a.owner, Attempt: a.attempts, Wait: time.Since(a.start), Err: err})
@@ -239,8 +320,8 @@ func (a *attempter) unwatch() {
 
 // abandon releases whatever an attempt with owner may have left held, at most
 // waiting for a TTL, even if ctx is cancelled.
-func (l *Lock) abandon(ctx context.Context, cfg *config, owner string) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ttl)
+func (l *Lock) abandon(ctx context.Context, ttl time.Duration, owner string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ttl)
 	defer cancel()
 	_ = l.locker.Release(rctx, l.key, owner)
 }
@@ -274,7 +355,7 @@ func earlyBy(ttl time.Duration) time.Duration {
 
 func (l *Lock) newLease(parent context.Context, cfg *config, owner string, token int64, acquired, deadline time.Time) *lease {
 	ls := &lease{
-		l: l, owner: owner, token: token, ttl: cfg.ttl, acquired: acquired,
+		l: l, owner: owner, token: token, ttl: cfg.ttl, handoff: cfg.handoff, acquired: acquired,
 		observer: cfg.observer, deadline: deadline, stop: make(chan struct{}),
 	}
 	ls.ctx, ls.cancel = context.WithCancelCause(parent)
@@ -493,7 +574,9 @@ func (l *Lock) Refresh(ctx context.Context, opts ...Option) error {
 }
 
 // Unlock releases the lock. It stops any automatic refresh and cancels
-// [Lock.Context] before it returns.
+// [Lock.Context] before it returns. When a Lock call of the same [Factory]
+// is waiting for the key and the driver is a [Transferer], Unlock hands the
+// lock straight to it instead (see [Handoff]).
 //
 // It returns an error matching [ErrNotHeld] if the handle holds no lease
 // (never locked, or already unlocked), or if the lease was lost before
@@ -518,10 +601,25 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return errors.Join(lost, err)
 	}
+	var next func()
+	var terr error // a failed hand-off's backend error
+	if lost == nil {
+		var done bool
+		if done, terr, next = l.handoff(ctx, ls); done {
+			ls.emit(Event{Kind: Released, Held: time.Since(ls.acquired), Err: terr})
+			return terr
+		}
+	}
 	err := l.locker.Release(ctx, l.key, ls.owner)
+	if next != nil {
+		next()
+	}
 	switch {
 	case lost != nil:
 		err = lost
+	case terr != nil && errors.Is(err, ErrNotHeld):
+		// The failed hand-off did move the lease, and it was given back.
+		err = nil
 	case errors.Is(err, ErrNotHeld):
 		err = errors.Join(ErrLost, err)
 	}

@@ -31,12 +31,13 @@ type config struct {
 	interval    time.Duration
 	backoff     Backoff
 	autoRefresh time.Duration // 0: off
+	handoff     int
 	observer    func(Event)
 	err         error
 }
 
 func defaultConfig() config {
-	return config{ttl: DefaultTTL, retries: DefaultRetries, interval: DefaultInterval}
+	return config{ttl: DefaultTTL, retries: DefaultRetries, interval: DefaultInterval, handoff: DefaultHandoff}
 }
 
 func (c *config) apply(opts []Option) error {

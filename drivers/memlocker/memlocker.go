@@ -29,9 +29,10 @@ type record struct {
 }
 
 var (
-	_ locker.Locker  = (*Locker)(nil)
-	_ locker.Purger  = (*Locker)(nil)
-	_ locker.Watcher = (*Locker)(nil)
+	_ locker.Locker     = (*Locker)(nil)
+	_ locker.Purger     = (*Locker)(nil)
+	_ locker.Watcher    = (*Locker)(nil)
+	_ locker.Transferer = (*Locker)(nil)
 )
 
 // New returns an empty in-memory Locker.
@@ -82,6 +83,31 @@ func (m *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Durati
 		return locker.Lease{}, locker.ErrNotHeld
 	}
 	r.expires = now.Add(ttl.Truncate(time.Millisecond))
+	m.leases[key] = r
+	return locker.Lease{Token: r.token, Validity: ttl}, nil
+}
+
+// Transfer gives from's live lease on key to owner to for ttl from now, with
+// a new token. It returns [locker.ErrNotHeld], changing nothing, if from
+// holds no live lease on key.
+func (m *Locker) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (locker.Lease, error) {
+	if err := locker.CheckArgs(key, to, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := locker.CheckOwner(key, from); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Lease{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	if r, ok := m.live(key, now); !ok || r.owner != from {
+		return locker.Lease{}, locker.ErrNotHeld
+	}
+	m.tokens[key]++
+	r := record{owner: to, token: m.tokens[key], expires: now.Add(ttl.Truncate(time.Millisecond))}
 	m.leases[key] = r
 	return locker.Lease{Token: r.token, Validity: ttl}, nil
 }
