@@ -60,7 +60,8 @@ const childEnv = "DLOCK_CONFORMANCE_CHILD"
 // d: mutual exclusion between goroutines, clients and OS processes, expiry,
 // owner-checked release and refresh, fencing, storage-clock validity,
 // contention versus failure, cancellation, isolation, no leaks, every
-// bad-input row, and the lock lifetime (auto-refresh, loss, Do).
+// bad-input row, the lock lifetime (auto-refresh, loss, Do), and, for
+// drivers that are a [locker.Transferer], transfer and hand-off.
 //
 // Call it from a Test function of the driver's package. The multi-process
 // test re-executes the test binary with -test.run selecting the calling
@@ -89,6 +90,7 @@ func RunConformance(t *testing.T, d Driver) {
 		t.Run("Options", s.options)
 		t.Run("BadInput", s.badInput)
 		t.Run("Lifetime", s.lifetime)
+		t.Run("Handoff", s.handoff)
 	})
 	// Guarantee 9 runs last, alone, once every other test is done.
 	t.Run("9_NoLeaks", s.noLeaks)
