@@ -50,4 +50,12 @@ var (
 	//
 	//go:embed fence.lua
 	Fence string
+
+	// Transfer passes an owner's live lease to another owner with a fresh
+	// TTL and a new token from the counter: KEYS lock, counter; ARGV from,
+	// to, ttl in ms. It returns the new token, or 0 when from holds no live
+	// lease. It publishes nothing: the key is never free.
+	//
+	//go:embed transfer.lua
+	Transfer string
 )
