@@ -233,6 +233,50 @@ func (l *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Durati
 	return locker.Lease{Token: token, Validity: time.Duration(ms) * time.Millisecond}, nil
 }
 
+// Transfer gives key, held by from, to owner to for ttl (whole
+// milliseconds, from now by the server's clock) with a new fencing token,
+// strictly greater than every token handed out for key before, in one
+// script run: the key is never free, and no release is published to
+// waiters. The lease's validity is counted from the call, as Acquire's.
+//
+// Transfer returns [locker.ErrNotHeld], changing nothing, when from holds
+// no live lease on key; [locker.ErrInvalidKey] or
+// [locker.ErrInvalidOption] for bad arguments, before any I/O; an error
+// matching [errors.ErrUnsupported], before any I/O, on Redlock (a
+// transfer would need a quorum of its own, and a failed one would leave
+// the key split between two owners); and a wrapped backend error when the
+// server failed, after a best-effort release of to's lease in case the
+// script ran, so that key is then held by from or by no one.
+func (l *Locker) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (locker.Lease, error) {
+	if err := locker.CheckArgs(key, to, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := locker.CheckOwner(key, from); err != nil {
+		return locker.Lease{}, err
+	}
+	if l.redlock {
+		return locker.Lease{}, fmt.Errorf("redislocker: transfer on Redlock: %w", errors.ErrUnsupported)
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Lease{}, fmt.Errorf("redislocker: transfer: %w", context.Cause(ctx))
+	}
+	lk, ck := l.lockKeys(key)
+	ms := ttlMillis(ttl)
+	v, sent, err := runQuick(ctx, l.nodes[0], transferScript, lk, ck, from, to, ms)
+	token, err := redis.Int64(v, err)
+	if err != nil {
+		if sent {
+			// The script may have run before the reply was lost.
+			l.cleanup(ctx, lk, to, ms, l.nodes)
+		}
+		return locker.Lease{}, fmt.Errorf("redislocker: transfer: %w", err)
+	}
+	if token == 0 {
+		return locker.Lease{}, locker.ErrNotHeld
+	}
+	return locker.Lease{Token: token, Validity: time.Duration(ms) * time.Millisecond}, nil
+}
+
 // Release frees key if owner holds a live lease on it. It returns
 // [locker.ErrNotHeld], changing nothing, when owner holds none (never
 // locked, released already, expired, or taken over), and a wrapped backend

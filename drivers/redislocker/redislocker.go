@@ -40,16 +40,18 @@ type Pool interface {
 }
 
 var (
-	acquireScript = newScript(2, lua.Acquire)
-	refreshScript = newScript(1, lua.Refresh)
-	releaseScript = newScript(1, lua.Release)
-	inspectScript = newScript(1, lua.Inspect)
-	fenceScript   = newScript(2, lua.Fence)
+	acquireScript  = newScript(2, lua.Acquire)
+	refreshScript  = newScript(1, lua.Refresh)
+	releaseScript  = newScript(1, lua.Release)
+	inspectScript  = newScript(1, lua.Inspect)
+	fenceScript    = newScript(2, lua.Fence)
+	transferScript = newScript(2, lua.Transfer)
 )
 
 // Locker is a [locker.Locker] on one Redis server ([New], [Open]) or on a
 // Redlock group of independent servers ([NewRedlock], [OpenRedlock]).
-// It is safe for concurrent use.
+// It is a [locker.Transferer] on one server only: on Redlock, Transfer
+// reports errors.ErrUnsupported. It is safe for concurrent use.
 type Locker struct {
 	nodes   []Pool
 	redlock bool
@@ -68,7 +70,10 @@ type Locker struct {
 	closeErr  error
 }
 
-var _ locker.Locker = (*Locker)(nil)
+var (
+	_ locker.Locker     = (*Locker)(nil)
+	_ locker.Transferer = (*Locker)(nil)
+)
 
 // Option configures a [Locker]. Options are applied in order; an invalid
 // one makes the constructor return an error matching
