@@ -39,6 +39,36 @@ WHERE key = sqlc.arg(key)
   AND expires_at > statement_timestamp()
 RETURNING token;
 
+-- name: Transfer :one
+-- Transfer gives from_owner's live lease on key to to_owner for ttl from now,
+-- with a new fencing token, and returns that token; no row means from_owner
+-- holds no live lease (nothing changed, no token drawn). Run on its own: the
+-- key is never free and no notification is sent.
+--
+-- The token is drawn as Acquire draws its own: under the transaction-level
+-- advisory lock on the key's hash, held until the statement's transaction
+-- commits. Without it, an acquirer that had drawn a smaller token but not
+-- yet inserted its row could, once the transferred lease was released, store
+-- that smaller token after this one had been granted. With it, no token of
+-- the key is drawn before the transaction of every token drawn earlier has
+-- ended (the token stored or dropped), so each token granted for the key, by
+-- Acquire or Transfer, is greater than every one granted before it. The
+-- advisory lock is taken (by the scalar subquery, evaluated once a row
+-- matches) before the row lock, in Acquire's order, so the two never
+-- deadlock; once the row is locked its latest version is checked against
+-- the WHERE again (at READ COMMITTED), so a lease taken over or released
+-- meanwhile is left alone.
+UPDATE dlock_locks
+SET owner       = sqlc.arg(to_owner),
+    token       = (SELECT nextval('dlock_locks_token_seq')
+                     FROM (SELECT pg_advisory_xact_lock(hashtextextended(sqlc.arg(key), 0))) AS key_lock),
+    acquired_at = statement_timestamp(),
+    expires_at  = statement_timestamp() + sqlc.arg(ttl_ms)::bigint * interval '1 millisecond'
+WHERE key = sqlc.arg(key)
+  AND owner = sqlc.arg(from_owner)
+  AND expires_at > statement_timestamp()
+RETURNING token;
+
 -- name: Release :one
 -- Release deletes owner's row for key, live or expired, and reports whether
 -- the lease was still live; no row means owner had none.

@@ -195,3 +195,53 @@ func (q *Queries) ReleaseNotify(ctx context.Context, db DBTX, arg ReleaseNotifyP
 	err := row.Scan(&live)
 	return live, err
 }
+
+const Transfer = `-- name: Transfer :one
+UPDATE dlock_locks
+SET owner       = $1,
+    token       = (SELECT nextval('dlock_locks_token_seq')
+                     FROM (SELECT pg_advisory_xact_lock(hashtextextended($2, 0))) AS key_lock),
+    acquired_at = statement_timestamp(),
+    expires_at  = statement_timestamp() + $3::bigint * interval '1 millisecond'
+WHERE key = $2
+  AND owner = $4
+  AND expires_at > statement_timestamp()
+RETURNING token
+`
+
+type TransferParams struct {
+	ToOwner   string
+	Key       string
+	TtlMs     int64
+	FromOwner string
+}
+
+// Transfer gives from_owner's live lease on key to to_owner for ttl from now,
+// with a new fencing token, and returns that token; no row means from_owner
+// holds no live lease (nothing changed, no token drawn). Run on its own: the
+// key is never free and no notification is sent.
+//
+// The token is drawn as Acquire draws its own: under the transaction-level
+// advisory lock on the key's hash, held until the statement's transaction
+// commits. Without it, an acquirer that had drawn a smaller token but not
+// yet inserted its row could, once the transferred lease was released, store
+// that smaller token after this one had been granted. With it, no token of
+// the key is drawn before the transaction of every token drawn earlier has
+// ended (the token stored or dropped), so each token granted for the key, by
+// Acquire or Transfer, is greater than every one granted before it. The
+// advisory lock is taken (by the scalar subquery, evaluated once a row
+// matches) before the row lock, in Acquire's order, so the two never
+// deadlock; once the row is locked its latest version is checked against
+// the WHERE again (at READ COMMITTED), so a lease taken over or released
+// meanwhile is left alone.
+func (q *Queries) Transfer(ctx context.Context, db DBTX, arg TransferParams) (int64, error) {
+	row := db.QueryRowContext(ctx, Transfer,
+		arg.ToOwner,
+		arg.Key,
+		arg.TtlMs,
+		arg.FromOwner,
+	)
+	var token int64
+	err := row.Scan(&token)
+	return token, err
+}
