@@ -54,6 +54,11 @@
 // Expired rows of keys nobody releases stay until they are taken over or
 // removed by Purge.
 //
+// [Locker.Transfer] hands a live lease from its owner straight to another
+// in one UPDATE of the row, with a fresh TTL and a token drawn as Acquire
+// draws its own, so tokens keep increasing across acquisitions and
+// transfers; the key is never free, so nothing is notified.
+//
 // # Wake-on-release
 //
 // With [Notify], Release also notifies (pg_notify, in the same statement,
@@ -130,8 +135,9 @@ import (
 )
 
 var (
-	_ locker.Locker = (*Locker)(nil)
-	_ locker.Purger = (*Locker)(nil)
+	_ locker.Locker     = (*Locker)(nil)
+	_ locker.Purger     = (*Locker)(nil)
+	_ locker.Transferer = (*Locker)(nil)
 )
 
 // DB is the database handle New accepts: a *sql.DB, a *sql.Conn or a
@@ -194,8 +200,8 @@ func SingleStatement(enabled bool) Option {
 	return func(c *config) { c.single = enabled }
 }
 
-// Locker is a [locker.Locker], [locker.Purger] and [locker.Watcher] on a
-// PostgreSQL table. It is safe for concurrent use.
+// Locker is a [locker.Locker], [locker.Purger], [locker.Transferer] and
+// [locker.Watcher] on a PostgreSQL table. It is safe for concurrent use.
 type Locker struct {
 	db     DB
 	begin  beginner // nil when db is a caller's transaction
@@ -370,6 +376,42 @@ func (l *Locker) Refresh(ctx context.Context, key, owner string, ttl time.Durati
 		return locker.Lease{}, interpretError(ctx, op, err)
 	}
 	token, err := l.q.Refresh(ctx, l.on(l.db, nil), dbsqlc.RefreshParams{Key: key, Owner: owner, TtlMs: millis(ttl)})
+	if err != nil {
+		return locker.Lease{}, interpretError(ctx, op, err)
+	}
+	return locker.Lease{Token: token, Validity: ttl}, nil
+}
+
+// Transfer gives key, held by from, to owner to for ttl from now (server
+// clock) with a new fencing token, strictly greater than every token handed
+// out for key before, in one UPDATE of the key's row: the key is never free,
+// and no [Notify] notification is sent. It returns the lease with Validity
+// equal to ttl. The statement runs on its own (autocommit) in both modes,
+// the default and [SingleStatement]; with a *sql.Tx it runs in the caller's
+// transaction, as Acquire does, and takes effect when that commits. Like
+// Acquire, it draws its token under the key's advisory lock (see the package
+// documentation), so it waits for an acquirer of the key that is drawing
+// one.
+//
+// It returns an error matching locker.ErrNotHeld, changing nothing, when
+// from holds no live lease on key; locker.ErrInvalidKey or
+// locker.ErrInvalidOption for bad arguments (before any I/O); an error
+// matching locker.ErrNotObtained, changing nothing, for a serialization
+// failure (possible only at REPEATABLE READ or above: in a caller's
+// transaction, or under such a session default); and a wrapped database
+// error otherwise.
+func (l *Locker) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (locker.Lease, error) {
+	const op = "transfer"
+	if err := locker.CheckArgs(key, to, ttl); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := locker.CheckOwner(key, from); err != nil {
+		return locker.Lease{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return locker.Lease{}, interpretError(ctx, op, err)
+	}
+	token, err := l.q.Transfer(ctx, l.on(l.db, nil), dbsqlc.TransferParams{Key: key, FromOwner: from, ToOwner: to, TtlMs: millis(ttl)})
 	if err != nil {
 		return locker.Lease{}, interpretError(ctx, op, err)
 	}
