@@ -63,7 +63,7 @@ func driver(name, sqlDriver string, mode ...string) testutil.Driver {
 			// Without Notify, Watch fails at once and waiting Lock calls
 			// poll: hide it from the suite, whose wake-on-release test is
 			// for Lockers that wake.
-			return polling{l, l}
+			return polling{l, l, l}
 		}
 		return l
 	}
@@ -111,10 +111,12 @@ func TestConformanceLibPQSingleStatement(t *testing.T) {
 	testutil.RunConformance(t, driver("pglocker/lib/pq/single-statement", "postgres", "single"))
 }
 
-// polling is a Locker without Watch: the suite sees a driver that polls.
+// polling is a Locker without Watch: the suite sees a driver that polls
+// (and still transfers).
 type polling struct {
 	locker.Locker
 	locker.Purger
+	locker.Transferer
 }
 
 // openDB opens a pool with sqlDriver that the test closes when it ends.
