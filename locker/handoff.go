@@ -46,7 +46,8 @@ type waitlist struct {
 
 type queue struct {
 	waiters []*waiter
-	chain   int // hand-offs in a row
+	chain   int    // hand-offs in a row
+	holder  *lease // a live lease of this Factory on the key, if any
 }
 
 // waiter is one waiting Lock call.
@@ -128,10 +129,52 @@ func (wl *waitlist) remove(w *waiter) {
 			break
 		}
 	}
-	if len(q.waiters) == 0 {
-		delete(wl.keys, w.key)
+	wl.tidy(w.key, q)
+}
+
+// tidy forgets the entry of a key nobody holds or waits for; the caller
+// holds wl.mu.
+func (wl *waitlist) tidy(key string, q *queue) {
+	if len(q.waiters) == 0 && q.holder == nil {
+		delete(wl.keys, key)
 	}
 }
+
+// hold records that ls, a lease of this Factory, holds key: until it ends,
+// the Factory's other Lock calls for key know the lock is taken without
+// asking the storage, and wait for a hand-off.
+func (wl *waitlist) hold(key string, ls *lease) {
+	wl.mu.Lock()
+	q := wl.keys[key]
+	if q == nil {
+		q = &queue{}
+		wl.keys[key] = q
+	}
+	q.holder = ls
+	wl.mu.Unlock()
+}
+
+// unhold records that ls no longer holds key.
+func (wl *waitlist) unhold(key string, ls *lease) {
+	wl.mu.Lock()
+	if q := wl.keys[key]; q != nil && q.holder == ls {
+		q.holder = nil
+		wl.tidy(key, q)
+	}
+	wl.mu.Unlock()
+}
+
+// held reports whether a live lease of this Factory holds key.
+func (wl *waitlist) held(key string) bool {
+	wl.mu.Lock()
+	defer wl.mu.Unlock()
+	q := wl.keys[key]
+	return q != nil && q.holder != nil
+}
+
+// errHeldHere is the outcome of an attempt skipped because a lock of the
+// same Factory holds the key.
+var errHeldHere = fmt.Errorf("%w: held by another lock of this Factory", ErrNotObtained)
 
 // deliver sends the outcome of a hand-off to w. It reports false if w's Lock
 // call has ended meanwhile: the caller must then give back a lease it

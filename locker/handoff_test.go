@@ -220,7 +220,7 @@ func TestHandoffZeroTurnsItOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := lockAsync(ctx, b)
-	waitFor(t, func() bool { return s.acquires.Load() == 2 }) // b's first attempt failed
+	waitInLine(t, f, "k", 1)
 	if err := a.Unlock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -232,17 +232,6 @@ func TestHandoffZeroTurnsItOff(t *testing.T) {
 	}
 	if _, err := locker.NewFactory(s, locker.Handoff(-1)); !errors.Is(err, locker.ErrInvalidOption) {
 		t.Errorf("Handoff(-1): %v, want ErrInvalidOption", err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -421,5 +410,75 @@ func TestHandoffExclusionAndFencing(t *testing.T) {
 	t.Logf("%d transfers, %d releases, %d acquires", s.transfers.Load(), s.releases.Load(), s.acquires.Load())
 	if locker.Waiting(f, "k") != 0 {
 		t.Error("the line is not empty")
+	}
+}
+
+// While a lock of the Factory holds the key, its other Lock calls for the
+// key ask the storage nothing: they wait for the hand-off.
+func TestHeldHereAsksTheStorageNothing(t *testing.T) {
+	ctx := context.Background()
+	s := newSpy()
+	f := newFactory(t, s)
+	a, b := f.NewLock("k"), f.NewLock("k")
+	if err := a.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := s.acquires.Load()
+	if err := b.TryLock(ctx); !errors.Is(err, locker.ErrNotObtained) {
+		t.Fatalf("TryLock while held here: %v, want ErrNotObtained", err)
+	}
+	var tries atomic.Int64
+	done := lockAsync(ctx, b, locker.Interval(time.Millisecond), locker.Observe(func(e locker.Event) {
+		if e.Kind == locker.Contended {
+			tries.Add(1)
+		}
+	}))
+	deadline := time.Now().Add(5 * time.Second)
+	for tries.Load() < 5 { // b's attempts every millisecond
+		if time.Now().After(deadline) {
+			t.Fatalf("%d attempts in 5s", tries.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := s.acquires.Load() - before; got != 0 {
+		t.Errorf("%d Acquire calls while a lock of the same Factory held the key, want 0", got)
+	}
+	if err := a.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, done, "the waiting Lock"); err != nil {
+		t.Fatal(err)
+	}
+	// Once the holder's lease is gone, the others ask the storage again.
+	if err := b.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.TryLock(ctx); err != nil {
+		t.Fatalf("TryLock after the key was released: %v", err)
+	}
+	if err := a.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A lease of the Factory that is lost without Unlock stops counting as held
+// here: the others take the key from the storage once it expires.
+func TestHeldHereEndsWithTheLease(t *testing.T) {
+	ctx := context.Background()
+	s := newSpy()
+	f := newFactory(t, s)
+	a, b := f.NewLock("k"), f.NewLock("k")
+	if err := a.Lock(ctx, locker.TTL(50*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	err := b.Lock(ctx, locker.Retries(locker.Unlimited), locker.Interval(5*time.Millisecond))
+	if err != nil {
+		t.Fatalf("Lock after the holder's lease expired: %v", err)
+	}
+	if !errors.Is(a.Err(), locker.ErrLost) {
+		t.Errorf("the expired holder reports %v, want ErrLost", a.Err())
+	}
+	if err := b.Unlock(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -262,10 +262,18 @@ func (a *attempter) leave() {
 	}
 }
 
-// acquireOnce makes one Acquire call.
+// acquireOnce makes one Acquire call, unless a live lease of the same
+// Factory holds the key: then the attempt fails at once, without I/O, and
+// the call waits in line for the hand-off.
 func (a *attempter) acquireOnce() (*lease, error) {
 	a.attempts++
 	l, cfg := a.l, a.cfg
+	if l.waits != nil && l.waits.held(l.key) {
+		if cfg.observer != nil {
+			cfg.observer(Event{Kind: Contended, Key: l.key, Owner: a.owner, Attempt: a.attempts, Wait: time.Since(a.start), Err: errHeldHere})
+		}
+		return nil, errHeldHere
+	}
 	sent := time.Now()
 	// A grant that arrives after a TTL cannot be trusted anyway: bound the
 	// attempt by it, so a hung storage cannot hang Lock.
@@ -359,6 +367,9 @@ func (l *Lock) newLease(parent context.Context, cfg *config, owner string, token
 		observer: cfg.observer, deadline: deadline, stop: make(chan struct{}),
 	}
 	ls.ctx, ls.cancel = context.WithCancelCause(parent)
+	if l.waits != nil {
+		l.waits.hold(l.key, ls)
+	}
 	ls.timer = time.AfterFunc(time.Until(deadline)-earlyBy(ls.ttl), ls.expire)
 	if p := cfg.refreshPeriod(); p > 0 {
 		ls.wg.Add(1)
@@ -415,8 +426,17 @@ func (ls *lease) lose(cause error) {
 		return
 	}
 	ls.cancel(cause)
+	ls.unhold()
 	if context.Cause(ls.ctx) == cause {
 		ls.emit(Event{Kind: Lost, Held: time.Since(ls.acquired), Err: cause})
+	}
+}
+
+// unhold tells the Factory's waiting Lock calls that ls no longer holds
+// the key, so that they ask the storage again.
+func (ls *lease) unhold() {
+	if w := ls.l.waits; w != nil {
+		w.unhold(ls.l.key, ls)
 	}
 }
 
@@ -440,6 +460,7 @@ func (ls *lease) end(cause error) {
 	if cause != nil {
 		ls.cancel(cause)
 	}
+	ls.unhold()
 	ls.mu.Lock()
 	select {
 	case <-ls.stop:
