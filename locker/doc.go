@@ -28,6 +28,19 @@
 // clock drift. [Lock.Done] and [Lock.Context] report when that trust ends,
 // whether by Unlock, by a failed refresh, or by simple expiry.
 //
+// # Waiting and hand-off
+//
+// A Lock call that finds the key held waits and tries again, by default
+// three more times a second apart ([Retries], [Interval], [WithBackoff]).
+// Drivers that are a [Watcher] wake it as soon as the key is released.
+// Drivers that are a [Transferer] let Unlock hand the lock straight to a
+// waiting Lock call of the same Factory, in one atomic storage operation
+// with a new fencing token, so goroutines of one process take turns in
+// one round trip each, in the order they started waiting; while a lock of
+// the Factory holds the key, its other Lock calls for that key wait without
+// asking the storage. After [Handoff] hand-offs in a row (16 by default)
+// the lock is released to the storage, so that other processes get a turn.
+//
 // # Errors
 //
 // Errors are matched with [errors.Is]: [ErrNotObtained] when the lock is held
