@@ -29,51 +29,6 @@ type reply struct {
 	err  error // the node's error, or a context error if it was abandoned
 }
 
-// fanout evaluates s on the given nodes at once and collects their replies.
-// It stops waiting when every node answered, or when decided says the
-// outcome is known; it then gives the remaining nodes as long again as the
-// decision took (at least least), cancels what is still in flight and
-// returns once every request has returned. A node that never answered
-// gets a reply with a context error.
-func (l *Locker) fanout(ctx context.Context, nodes []int, decided func([]reply) bool, least time.Duration, s *script, args ...interface{}) []reply {
-	start := time.Now()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ch := make(chan reply, len(nodes))
-	for _, n := range nodes {
-		go func() {
-			v, _, err := run(ctx, l.nodes[n], s, args...)
-			ch <- reply{node: n, v: v, err: err}
-		}()
-	}
-	rs := make([]reply, 0, len(nodes))
-	for len(rs) < len(nodes) && !decided(rs) {
-		rs = append(rs, <-ch)
-	}
-	if len(rs) < len(nodes) {
-		grace := time.Since(start)
-		if grace < least {
-			grace = least
-		}
-		t := time.NewTimer(grace)
-	wait:
-		for len(rs) < len(nodes) {
-			select {
-			case r := <-ch:
-				rs = append(rs, r)
-			case <-t.C:
-				break wait
-			}
-		}
-		t.Stop()
-		cancel()
-		for len(rs) < len(nodes) {
-			rs = append(rs, <-ch)
-		}
-	}
-	return rs
-}
-
 // nodeErrors joins the errors of replies, naming nodes by index (URLs may
 // carry passwords).
 func nodeErrors(rs []reply) error {
@@ -110,20 +65,10 @@ func (l *Locker) drift(ttl time.Duration) time.Duration {
 	return time.Duration(l.driftFactor*float64(ttl)) + l.driftExtra
 }
 
-// quorumDecided returns a decision function for fan-outs where a reply
-// counts as a success when ok says so: decided once a quorum succeeded or
-// once so many failed that a quorum is out of reach.
-func (l *Locker) quorumDecided(ok func(reply) bool) func([]reply) bool {
-	n := len(l.nodes)
-	return func(rs []reply) bool {
-		good := 0
-		for _, r := range rs {
-			if ok(r) {
-				good++
-			}
-		}
-		return good >= l.quorum || len(rs)-good > n-l.quorum
-	}
+// quorumOf returns the decider of a fan-out to every node that needs a
+// quorum of replies for which ok is true.
+func (l *Locker) quorumOf(ok func(reply) bool) decider {
+	return decider{ok: ok, need: l.quorum, of: len(l.nodes)}
 }
 
 func positive(r reply) bool {
@@ -176,48 +121,33 @@ func granted(r reply) bool {
 func (l *Locker) acquireRedlock(ctx context.Context, lk, ck, owner string, ms int64) (locker.Lease, error) {
 	ttl := time.Duration(ms) * time.Millisecond
 	start := time.Now() // monotonic: taken before the first request leaves
-	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
-	defer cancel()
+	bound := start.Add(ttl)
 
 	n := len(l.nodes)
-	state := make([]int8, n)
-	tokens := make([]int64, n)
-	holders := make([]string, n)
-	var asked []reply // every reply, for cleanup and error reports
-	record := func(rs []reply) {
-		for _, r := range rs {
-			asked = append(asked, r)
-			t, holder, held, err := acquireReply(r.v, r.err)
-			switch {
-			case err != nil:
-				if state[r.node] != nodeGranted {
-					state[r.node] = nodeUnknown
-				}
-			case held:
-				state[r.node], holders[r.node] = nodeHeld, holder
-			default:
-				state[r.node], tokens[r.node] = nodeGranted, t
-			}
-		}
+	var stateBuf [maxStackNodes]int8
+	var tokenBuf [maxStackNodes]int64
+	var state []int8
+	var tokens []int64
+	if n <= maxStackNodes {
+		state, tokens = stateBuf[:n], tokenBuf[:n]
+	} else {
+		state, tokens = make([]int8, n), make([]int64, n)
 	}
-	count := func(s int8) int {
-		c := 0
-		for _, x := range state {
-			if x == s {
-				c++
-			}
-		}
-		return c
-	}
+	var holders []string // made on the first "held" reply
 
-	first := l.fanout(dctx, l.allNodes(), l.quorumDecided(granted), minGrace, acquireScript, lk, ck, owner, ms)
-	record(first)
-	if count(nodeGranted) < l.quorum && count(nodeGranted)+count(nodeHeld) >= l.quorum && l.splitLeader(state, holders) {
+	first := l.fanout(ctx, bound, nil, l.quorumOf(granted), minGrace, acquireScript, lk, ck, owner, ms)
+	asked := first // every reply, for cleanup and error reports
+	holders = recordAcquire(first, state, tokens, holders)
+	if got, held := countStates(state); got < l.quorum && got+held >= l.quorum && l.splitLeader(state, holders) {
 		round := time.Since(start)
 		budget := min(ttl/splitBudget, max(splitRounds*round, minSplitBudget))
-		for try := 0; try < maxSplitRetries && count(nodeGranted) < l.quorum; try++ {
+		for try := 0; try < maxSplitRetries; try++ {
+			got, _ := countStates(state)
+			if got >= l.quorum {
+				break
+			}
 			wait := max(round, 200*time.Microsecond) << min(try, 3)
-			if time.Since(start)+wait > budget || !sleep(dctx, wait) {
+			if time.Since(start)+wait > budget || !sleepUntil(ctx, bound, wait) {
 				break
 			}
 			var held []int
@@ -226,23 +156,18 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, ck, owner string, ms in
 					held = append(held, i)
 				}
 			}
-			need := l.quorum - count(nodeGranted)
-			record(l.fanout(dctx, held, func(rs []reply) bool {
-				ok := 0
-				for _, r := range rs {
-					if granted(r) {
-						ok++
-					}
-				}
-				return ok >= need || len(rs)-ok > len(held)-need
-			}, minGrace, acquireScript, lk, ck, owner, ms))
+			d := decider{ok: granted, need: l.quorum - got, of: len(held)}
+			rs := l.fanout(ctx, bound, held, d, minGrace, acquireScript, lk, ck, owner, ms)
+			asked = append(asked[:len(asked):len(asked)], rs...)
+			holders = recordAcquire(rs, state, tokens, holders)
 			if !l.splitLeader(state, holders) {
 				break
 			}
 		}
 	}
 
-	var mine []int
+	var mineBuf [maxStackNodes]int
+	mine := mineBuf[:0]
 	var token int64
 	agree := true
 	for i, x := range state {
@@ -257,7 +182,7 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, ck, owner string, ms in
 	}
 	fenceErr := error(nil)
 	if len(mine) >= l.quorum && !agree {
-		fs := l.fanout(dctx, mine, l.quorumDecided(positive), minGrace, fenceScript, lk, ck, owner, token)
+		fs := l.fanout(ctx, bound, mine, decider{ok: positive, need: l.quorum, of: len(mine)}, minGrace, fenceScript, lk, ck, owner, token)
 		fenced := 0
 		for _, r := range fs {
 			if positive(r) {
@@ -279,16 +204,16 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, ck, owner string, ms in
 
 	// Release wherever the attempt may have taken the key: every node but
 	// those that plainly answered "held by someone else" every time.
-	var dirty []Pool
+	var dirty []int
 	seen := make([]bool, n)
 	for _, r := range asked {
 		if _, _, held, err := acquireReply(r.v, r.err); (err != nil || !held) && !seen[r.node] {
 			seen[r.node] = true
-			dirty = append(dirty, l.nodes[r.node])
+			dirty = append(dirty, r.node)
 		}
 	}
 	if len(dirty) > 0 {
-		l.cleanup(ctx, lk, owner, ms, dirty)
+		l.cleanupRedlock(ctx, lk, owner, ttl, dirty)
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -303,6 +228,51 @@ func (l *Locker) acquireRedlock(ctx context.Context, lk, ck, owner string, ms in
 			elapsed.Round(time.Microsecond), ttl, locker.ErrNotObtained)
 	}
 	return locker.Lease{}, locker.ErrNotObtained
+}
+
+// recordAcquire folds acquire.lua replies into the nodes' states, tokens
+// and holders (made when first needed), and returns holders.
+func recordAcquire(rs []reply, state []int8, tokens []int64, holders []string) []string {
+	for _, r := range rs {
+		t, holder, held, err := acquireReply(r.v, r.err)
+		switch {
+		case err != nil:
+			if state[r.node] != nodeGranted {
+				state[r.node] = nodeUnknown
+			}
+		case held:
+			if holders == nil {
+				holders = make([]string, len(state))
+			}
+			state[r.node], holders[r.node] = nodeHeld, holder
+		default:
+			state[r.node], tokens[r.node] = nodeGranted, t
+		}
+	}
+	return holders
+}
+
+// countStates returns how many nodes granted the attempt and how many are
+// held by a live lease.
+func countStates(state []int8) (granted, held int) {
+	for _, x := range state {
+		switch x {
+		case nodeGranted:
+			granted++
+		case nodeHeld:
+			held++
+		}
+	}
+	return granted, held
+}
+
+// cleanupRedlock releases owner's lease on nodes, best effort, after a
+// failed or interrupted acquire: it ignores ctx's cancellation and waits
+// at most cleanupTimeout or the lease's TTL.
+func (l *Locker) cleanupRedlock(ctx context.Context, lk, owner string, ttl time.Duration, nodes []int) {
+	ctx = context.WithoutCancel(ctx)
+	never := decider{custom: func([]reply) bool { return false }}
+	l.fanout(ctx, time.Now().Add(min(ttl, cleanupTimeout)), nodes, never, 0, releaseScript, lk, owner)
 }
 
 // splitLeader reports whether this attempt leads a split vote: no other
@@ -340,8 +310,12 @@ func (l *Locker) splitLeader(state []int8, holders []string) bool {
 	return true
 }
 
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
+// sleepUntil waits d, unless ctx ends or bound passes first; it reports
+// whether d passed.
+func sleepUntil(ctx context.Context, bound time.Time, d time.Duration) bool {
+	if time.Until(bound) < d {
+		return false
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -358,10 +332,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func (l *Locker) refreshRedlock(ctx context.Context, lk, owner string, ms int64) (locker.Lease, error) {
 	ttl := time.Duration(ms) * time.Millisecond
 	start := time.Now()
-	dctx, cancel := context.WithDeadline(ctx, start.Add(ttl))
-	defer cancel()
-
-	rs := l.fanout(dctx, l.allNodes(), l.quorumDecided(positive), minGrace, refreshScript, lk, owner, ms)
+	rs := l.fanout(ctx, start.Add(ttl), nil, l.quorumOf(positive), minGrace, refreshScript, lk, owner, ms)
 	tokens := map[int64]int{}
 	ok := 0
 	for _, r := range rs {
@@ -397,7 +368,7 @@ func commonest(tokens map[int64]int) int64 {
 
 // releaseRedlock deletes owner's lease on every node at once.
 func (l *Locker) releaseRedlock(ctx context.Context, lk, owner string) error {
-	rs := l.fanout(ctx, l.allNodes(), l.quorumDecided(positive), releaseGrace, releaseScript, lk, owner)
+	rs := l.fanout(ctx, time.Time{}, nil, l.quorumOf(positive), releaseGrace, releaseScript, lk, owner)
 	ok := 0
 	for _, r := range rs {
 		if positive(r) {
@@ -447,7 +418,7 @@ func (l *Locker) inspectRedlock(ctx context.Context, key, lk string) (locker.Inf
 		}
 		return best >= l.quorum || best+n-len(rs) < l.quorum
 	}
-	rs := l.fanout(ctx, l.allNodes(), decided, minGrace, inspectScript, lk)
+	rs := l.fanout(ctx, time.Time{}, nil, decider{custom: decided}, minGrace, inspectScript, lk)
 	m, errs := tally(rs)
 	best := 0
 	for v, ttls := range m {

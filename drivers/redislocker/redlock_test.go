@@ -468,3 +468,90 @@ func TestRedlockDoesNotWaitOutAHolder(t *testing.T) {
 		}
 	}
 }
+
+// TestRedlockHungNodeReadFirst: a node that stops answering while the
+// group is healthy — the node whose reply a fan-out reads first — holds a
+// call up by a bounded patience at most, never until the lease's end, and
+// later calls do not wait for it at all beyond a short grace.
+func TestRedlockHungNodeReadFirst(t *testing.T) {
+	t.Parallel()
+	ss := group(t, 3)
+	l := redlockOn(t, urlsOf(ss))
+	ctx := ctxFor(t, 60*time.Second)
+	for i := 0; i < 3; i++ { // warm every node's pool
+		k := testutil.Key(t)
+		if _, err := l.Acquire(ctx, k, "warm", time.Second); err != nil {
+			t.Fatalf("warm-up Acquire: %v", err)
+		}
+		must(t, l.Release(ctx, k, "warm"))
+	}
+	if err := ss[0].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer ss[0].Resume()
+	const ttl = 10 * time.Second
+	var slowest time.Duration
+	for i := 0; i < 5; i++ {
+		key := testutil.Key(t)
+		start := time.Now()
+		lease, err := l.Acquire(ctx, key, "a", ttl)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("Acquire %d with node 0 hung: %v", i, err)
+		}
+		if lease.Validity < ttl/2 {
+			t.Fatalf("validity %v", lease.Validity)
+		}
+		if i > 0 {
+			slowest = max(slowest, took)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("Acquire %d took %v with one hung node of three", i, took)
+		}
+		start = time.Now()
+		if err := l.Release(ctx, key, "a"); err != nil {
+			t.Fatalf("Release %d: %v", i, err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("Release %d took %v with one hung node of three", i, took)
+		}
+	}
+	if slowest > time.Second {
+		t.Fatalf("after the first call found node 0 hung, an Acquire still took %v", slowest)
+	}
+}
+
+// TestRedlockCancellableContext: a context that can be cancelled but has
+// no deadline, and one with neither, both work, and cancelling the first
+// during a wait for a hung quorum stops the wait promptly.
+func TestRedlockCancellableContext(t *testing.T) {
+	t.Parallel()
+	ss := group(t, 3)
+	l := redlockOn(t, urlsOf(ss))
+	key := testutil.Key(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := l.Acquire(ctx, key, "a", 10*time.Second); err != nil {
+		t.Fatalf("Acquire with a cancellable context: %v", err)
+	}
+	if err := l.Release(context.Background(), key, "a"); err != nil {
+		t.Fatalf("Release with a background context: %v", err)
+	}
+	for _, s := range ss[1:] {
+		if err := s.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		defer s.Resume()
+	}
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := l.Acquire(ctx, key, "b", 10*time.Second)
+	if !errors.Is(err, locker.ErrNotObtained) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Acquire cancelled while waiting for a hung quorum: %v; want ErrNotObtained and context.Canceled", err)
+	}
+	// The cancellation ends the wait; the cleanup of the hung nodes is
+	// bounded by a second.
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("cancelled Acquire took %v", took)
+	}
+}
