@@ -3,9 +3,7 @@ package redislocker
 import (
 	"context"
 	"errors"
-	"reflect"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,7 +88,7 @@ func (d *decider) spare(rs []reply, unread int) bool {
 	return d.good(rs)+unread-1 >= d.need
 }
 
-// nodeHealth is what fan-outs remember about a node's pool.
+// nodeHealth is what a Locker's fan-outs remember about one node.
 type nodeHealth struct {
 	rtt     atomic.Int64 // moving average of reply times, in nanoseconds
 	suspect atomic.Bool  // the last request failed or timed out
@@ -126,38 +124,6 @@ func (h *nodeHealth) note(answered bool, took time.Duration) {
 	} else {
 		h.rtt.Store(old + (int64(took)-old)/8)
 	}
-}
-
-// healthOf returns the health record of pool p, shared by every Locker on
-// p. Pools that are not pointers get none (they may not be comparable).
-// The table is bounded: it starts afresh when it grows too large.
-func healthOf(p Pool) *nodeHealth {
-	if reflect.TypeOf(p).Kind() != reflect.Pointer {
-		return nil
-	}
-	healthTab.RLock()
-	h := healthTab.m[p]
-	healthTab.RUnlock()
-	if h != nil {
-		return h
-	}
-	healthTab.Lock()
-	defer healthTab.Unlock()
-	if h = healthTab.m[p]; h == nil {
-		if healthTab.m == nil || len(healthTab.m) >= maxHealth {
-			healthTab.m = make(map[Pool]*nodeHealth)
-		}
-		h = new(nodeHealth)
-		healthTab.m[p] = h
-	}
-	return h
-}
-
-const maxHealth = 1024
-
-var healthTab struct {
-	sync.RWMutex
-	m map[Pool]*nodeHealth
 }
 
 // shaArgs holds each script's EVALSHA arguments boxed once.
@@ -221,7 +187,7 @@ func (l *Locker) fanout(ctx context.Context, bound time.Time, nodes []int, d dec
 			if nodes != nil {
 				i = nodes[j]
 			}
-			h := healthOf(l.nodes[i])
+			h := &l.health[i]
 			if h.isSuspect() != (pass == 1) {
 				continue
 			}

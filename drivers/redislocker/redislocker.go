@@ -54,6 +54,7 @@ var (
 // reports errors.ErrUnsupported. It is safe for concurrent use.
 type Locker struct {
 	nodes   []Pool
+	health  []nodeHealth // per node: Redlock reads suspect nodes last
 	redlock bool
 	quorum  int
 	prefix  string
@@ -155,6 +156,7 @@ func newLocker(pools []Pool, redlock bool, opts []Option) (*Locker, error) {
 	}
 	l := &Locker{
 		nodes:       pools,
+		health:      make([]nodeHealth, len(pools)),
 		redlock:     redlock,
 		quorum:      len(pools)/2 + 1,
 		prefix:      DefaultPrefix,
