@@ -100,7 +100,7 @@ func (s *suite) mutualExclusion(t *testing.T) {
 		ctx := testCtx(t, time.Minute)
 		for r := 0; r < rounds; r++ {
 			key := Key(t)
-			_, err := lockers[0].Acquire(ctx, key, "stale-holder", 30*time.Millisecond)
+			_, err := lockers[0].Acquire(ctx, key, "stale-holder", 150*time.Millisecond) // long enough for a loaded machine to reach a Redlock quorum
 			must(t, err, "Acquire")
 			waitFree(t, lockers[0], key, 5*time.Second)
 			var winners atomic.Int32
