@@ -18,3 +18,14 @@ func Waiting(f *Factory, key string) int {
 	}
 	return n
 }
+
+// Tracked reports how many keys f keeps hand-off state for (holders and
+// waiters): zero once nothing is held or waited for.
+func Tracked(f *Factory) int {
+	if f.waits == nil {
+		return 0
+	}
+	f.waits.mu.Lock()
+	defer f.waits.mu.Unlock()
+	return len(f.waits.keys)
+}

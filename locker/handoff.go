@@ -46,8 +46,11 @@ type waitlist struct {
 
 type queue struct {
 	waiters []*waiter
-	chain   int    // hand-offs in a row
-	holder  *lease // a live lease of this Factory on the key, if any
+	chain   int // hand-offs in a row
+	// holder is the live lease of this Factory on the key (a *lease), or the
+	// waiter a hand-off has given it to (a *waiter) until its lease is
+	// made; nil if the Factory does not hold the key.
+	holder any
 }
 
 // waiter is one waiting Lock call.
@@ -75,6 +78,7 @@ type handed struct {
 	lease Lease
 	sent  time.Time // when the transfer was sent: the lease's validity counts from then
 	ok    bool      // false: no lease; the waiter should attempt at once
+	to    *waiter   // the waiter it was sent to
 }
 
 func newWaitlist() *waitlist { return &waitlist{keys: map[string]*queue{}} }
@@ -143,7 +147,7 @@ func (wl *waitlist) tidy(key string, q *queue) {
 // hold records that ls, a lease of this Factory, holds key: until it ends,
 // the Factory's other Lock calls for key know the lock is taken without
 // asking the storage, and wait for a hand-off.
-func (wl *waitlist) hold(key string, ls *lease) {
+func (wl *waitlist) hold(key string, ls any) {
 	wl.mu.Lock()
 	q := wl.keys[key]
 	if q == nil {
@@ -154,8 +158,8 @@ func (wl *waitlist) hold(key string, ls *lease) {
 	wl.mu.Unlock()
 }
 
-// unhold records that ls no longer holds key.
-func (wl *waitlist) unhold(key string, ls *lease) {
+// unhold records that ls (a *lease or a *waiter) no longer holds key.
+func (wl *waitlist) unhold(key string, ls any) {
 	wl.mu.Lock()
 	if q := wl.keys[key]; q != nil && q.holder == ls {
 		q.holder = nil
@@ -176,16 +180,23 @@ func (wl *waitlist) held(key string) bool {
 // same Factory holds the key.
 var errHeldHere = fmt.Errorf("%w: held by another lock of this Factory", ErrNotObtained)
 
-// deliver sends the outcome of a hand-off to w. It reports false if w's Lock
+// deliver sends the outcome of a hand-off to w. A lease handed over makes
+// w the key's holder in place of from. deliver reports false if w's Lock
 // call has ended meanwhile: the caller must then give back a lease it
 // transferred to w.
-func (wl *waitlist) deliver(w *waiter, h handed) bool {
+func (wl *waitlist) deliver(w *waiter, h handed, from *lease) bool {
 	wl.mu.Lock()
 	defer wl.mu.Unlock()
+	if h.ok {
+		if q := wl.keys[w.key]; q != nil && q.holder == from && !w.gone {
+			q.holder = w
+		}
+	}
 	wl.remove(w)
 	if w.gone {
 		return false
 	}
+	h.to = w
 	w.grant <- h
 	return true
 }
@@ -247,19 +258,21 @@ func (l *Lock) handoff(ctx context.Context, ls *lease) (done bool, err error, ne
 	if w == nil {
 		return false, nil, nil
 	}
-	nudge := func() { l.waits.deliver(w, handed{}) }
+	nudge := func() { l.waits.deliver(w, handed{}, nil) }
 	sent := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, w.ttl)
 	granted, err := t.Transfer(tctx, l.key, ls.owner, w.owner, w.ttl)
 	cancel()
 	switch {
 	case err == nil:
-		if !l.waits.deliver(w, handed{lease: granted, sent: sent, ok: true}) {
+		if !l.waits.deliver(w, handed{lease: granted, sent: sent, ok: true}, ls) {
 			// The waiter gave up meanwhile: nobody will use its lease.
 			l.abandon(ctx, w.ttl, w.owner)
+			ls.unhold()
 		}
 		return true, nil, nil
 	case errors.Is(err, ErrNotHeld):
+		ls.unhold()
 		nudge()
 		return true, errors.Join(ErrLost, err), nil
 	case errors.Is(err, errors.ErrUnsupported):
@@ -282,5 +295,6 @@ func (a *attempter) take(h handed) (*lease, error) {
 		return ls, nil
 	}
 	a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+	a.l.waits.unhold(a.l.key, h.to)
 	return nil, fmt.Errorf("%w: the lease handed over ran out before it arrived", ErrNotObtained)
 }

@@ -127,8 +127,8 @@ func TestHandoffPassesTheLockInOneStep(t *testing.T) {
 	if got := s.releases.Load(); got != 1 {
 		t.Errorf("%d releases after the last Unlock, want 1 (nobody waits)", got)
 	}
-	if locker.Waiting(f, "k") != 0 {
-		t.Error("the line is not empty")
+	if locker.Waiting(f, "k") != 0 || locker.Tracked(f) != 0 {
+		t.Errorf("%d waiting, %d keys tracked after the last Unlock, want none", locker.Waiting(f, "k"), locker.Tracked(f))
 	}
 }
 
@@ -269,8 +269,8 @@ func TestHandoffToACancelledWaiter(t *testing.T) {
 	if info, err := s.Inspect(ctx, "k"); err != nil || info.Held() {
 		t.Fatalf("after the hand-off to a gone waiter: %+v, %v; want the key free", info, err)
 	}
-	if b.Held() || locker.Waiting(f, "k") != 0 {
-		t.Error("the cancelled waiter holds or still waits")
+	if b.Held() || locker.Waiting(f, "k") != 0 || locker.Tracked(f) != 0 {
+		t.Error("the cancelled waiter holds or still waits, or the key is still tracked")
 	}
 }
 
@@ -408,8 +408,8 @@ func TestHandoffExclusionAndFencing(t *testing.T) {
 		t.Error("no hand-off happened")
 	}
 	t.Logf("%d transfers, %d releases, %d acquires", s.transfers.Load(), s.releases.Load(), s.acquires.Load())
-	if locker.Waiting(f, "k") != 0 {
-		t.Error("the line is not empty")
+	if locker.Waiting(f, "k") != 0 || locker.Tracked(f) != 0 {
+		t.Errorf("%d waiting, %d keys tracked after the last Unlock, want none", locker.Waiting(f, "k"), locker.Tracked(f))
 	}
 }
 
@@ -480,5 +480,65 @@ func TestHeldHereEndsWithTheLease(t *testing.T) {
 	}
 	if err := b.Unlock(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// During a hand-off the key still counts as held here: the other waiters,
+// retrying every millisecond, do not ask the storage while it runs.
+func TestHeldHereDuringTheHandoff(t *testing.T) {
+	ctx := context.Background()
+	s := newSpy()
+	entered, proceed := make(chan struct{}), make(chan struct{})
+	s.transfer = func(ctx context.Context, key, from, to string, ttl time.Duration) (locker.Lease, error) {
+		close(entered)
+		<-proceed
+		return s.Locker.Transfer(ctx, key, from, to, ttl)
+	}
+	f := newFactory(t, s)
+	a, b, c := f.NewLock("k"), f.NewLock("k"), f.NewLock("k")
+	if err := a.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	doneB := lockAsync(ctx, b)
+	waitInLine(t, f, "k", 1)
+	var tries atomic.Int64
+	cctx, cancel := context.WithCancel(ctx)
+	doneC := lockAsync(cctx, c, locker.Interval(time.Millisecond), locker.Observe(func(e locker.Event) {
+		if e.Kind == locker.Contended {
+			tries.Add(1)
+		}
+	}))
+	waitInLine(t, f, "k", 2)
+	before := s.acquires.Load()
+	unlocked := make(chan error, 1)
+	go func() { unlocked <- a.Unlock(ctx) }()
+	<-entered
+	from := tries.Load()
+	deadline := time.Now().Add(5 * time.Second)
+	for tries.Load() < from+5 {
+		if time.Now().After(deadline) {
+			t.Fatal("the other waiter stopped retrying")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := s.acquires.Load() - before; got != 0 {
+		t.Errorf("%d Acquire calls during the hand-off, want 0", got)
+	}
+	close(proceed)
+	if err := within(t, unlocked, "Unlock"); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, doneB, "the first waiter"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := within(t, doneC, "the cancelled waiter"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %v", err)
+	}
+	if err := b.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if locker.Waiting(f, "k") != 0 || locker.Tracked(f) != 0 {
+		t.Errorf("%d waiting, %d keys tracked after the last Unlock, want none", locker.Waiting(f, "k"), locker.Tracked(f))
 	}
 }

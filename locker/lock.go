@@ -107,6 +107,7 @@ func (l *Lock) lock(ctx, parent context.Context, opts []Option) error {
 	l.mu.Unlock()
 	if lost != nil {
 		lost.end(nil) // outside l.mu: its refresher may be calling the observer
+		lost.unhold()
 	}
 
 	ls, err := l.acquire(ctx, parent, &cfg)
@@ -219,6 +220,7 @@ func (a *attempter) handed(h handed) (*lease, error) {
 	if a.ctx.Err() != nil {
 		if h.ok {
 			a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+			a.l.waits.unhold(a.l.key, h.to)
 		}
 		return nil, cancelled(a.ctx, nil)
 	}
@@ -259,6 +261,7 @@ func (a *attempter) leave() {
 	a.w = nil
 	if ok && h.ok {
 		a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+		a.l.waits.unhold(a.l.key, h.to)
 	}
 }
 
@@ -460,7 +463,6 @@ func (ls *lease) end(cause error) {
 	if cause != nil {
 		ls.cancel(cause)
 	}
-	ls.unhold()
 	ls.mu.Lock()
 	select {
 	case <-ls.stop:
@@ -618,8 +620,11 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	if ls.ctx.Err() != nil {
 		lost = context.Cause(ls.ctx)
 	}
+	// The Factory's other Lock calls keep waiting for a hand-off, asking the
+	// storage nothing, until the lease is handed over or released.
 	ls.end(errUnlocked)
 	if err := ctx.Err(); err != nil {
+		ls.unhold()
 		return errors.Join(lost, err)
 	}
 	var next func()
@@ -631,6 +636,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 			return terr
 		}
 	}
+	ls.unhold() // before the release: its notification may wake a waiter at once
 	err := l.locker.Release(ctx, l.key, ls.owner)
 	if next != nil {
 		next()
