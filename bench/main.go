@@ -51,6 +51,7 @@ type config struct {
 	RoundTrips int           // lock+unlock pairs counted through a proxy; 0: none
 	Poll       time.Duration // retry interval of every waiter (±50%)
 	Relaxed    time.Duration // the same, in the relaxed contended workload
+	Spinners   int           // nice-19 processes that keep the CPUs from idling
 	Env        env
 }
 
@@ -78,6 +79,7 @@ func getenv(k, def string) string {
 }
 
 func main() {
+	spinIfAsked()
 	cfg := config{Env: defaultEnv()}
 	var (
 		quick     = flag.Bool("quick", false, "smoke run: 1 round of 300ms per workload, report to standard output unless -out is given")
@@ -99,6 +101,7 @@ func main() {
 	flag.DurationVar(&cfg.Poll, "poll", time.Millisecond, "retry interval (±50%) of every waiter in the contended workload, dlock's included")
 	flag.DurationVar(&cfg.Relaxed, "relaxed-poll", 50*time.Millisecond, "retry interval (±50%) of every waiter in the contended-relaxed workload")
 	flag.IntVar(&cfg.Env.Conns, "conns", cfg.Env.Conns, "connection pool size of every subject")
+	flag.IntVar(&cfg.Spinners, "spinners", 0, "processes at nice 19 that keep the CPUs from idling during the run (see spin.go); 0: none")
 	flag.Parse()
 
 	set := map[string]bool{}
@@ -131,6 +134,9 @@ func main() {
 			fatalf("-workloads: unknown workload %q (have %s)", w, strings.Join(workloads, ", "))
 		}
 		cfg.Workloads[w] = true
+	}
+	if cfg.Spinners < 0 {
+		fatalf("-spinners must not be negative")
 	}
 	if cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Parallel < 1 || cfg.Contenders < 2 || cfg.Hold < 0 || cfg.Poll <= 0 || cfg.Relaxed <= 0 {
 		fatalf("-rounds, -duration, -parallel, -poll, -relaxed-poll must be positive and -contenders at least 2")
@@ -167,6 +173,13 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if cfg.Spinners > 0 {
+		stopSpin, err := startSpinners(cfg.Spinners)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		defer stopSpin()
+	}
 	rep := run(ctx, &cfg, os.Stderr)
 	rep.Command = command
 	if ctx.Err() != nil {

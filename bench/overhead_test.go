@@ -64,6 +64,13 @@ func BenchmarkRedigoContext(b *testing.B) {
 	if _, err := c.Do("PING"); err != nil {
 		b.Skipf("Redis at %s: %v", e.RedisURL, err)
 	}
+	b.Run("Do", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Do("PING"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("DoWithTimeout", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := do(ctx, c, "PING"); err != nil {

@@ -271,6 +271,9 @@ func (r *report) write(w io.Writer) error {
 	if r.load != "" {
 		p(", load average at start %s", r.load)
 	}
+	if cfg.Spinners > 0 {
+		p("; %d spinner process(es) at nice 19 kept the CPUs from idling during the run (an idle vCPU can take longer to wake than a loopback round trip)", cfg.Spinners)
+	}
 	p("\n")
 	if rev := dlockRevision(); rev != "" {
 		p("- dlock: %s\n", rev)
