@@ -168,12 +168,22 @@ func (wl *waitlist) unhold(key string, ls any) {
 	wl.mu.Unlock()
 }
 
-// held reports whether a live lease of this Factory holds key.
-func (wl *waitlist) held(key string) bool {
+// heldBesides reports whether a live lease of this Factory holds key, or a
+// waiter other than self has been told to take it.
+func (wl *waitlist) heldBesides(key string, self *waiter) bool {
 	wl.mu.Lock()
 	defer wl.mu.Unlock()
 	q := wl.keys[key]
-	return q != nil && q.holder != nil
+	return q != nil && q.holder != nil && q.holder != self
+}
+
+// pass makes to the key's holder in place of from, if from still is.
+func (wl *waitlist) pass(key string, from *lease, to *waiter) {
+	wl.mu.Lock()
+	if q := wl.keys[key]; q != nil && q.holder == from {
+		q.holder = to
+	}
+	wl.mu.Unlock()
 }
 
 // errHeldHere is the outcome of an attempt skipped because a lock of the
@@ -258,7 +268,14 @@ func (l *Lock) handoff(ctx context.Context, ls *lease) (done bool, err error, ne
 	if w == nil {
 		return false, nil, nil
 	}
-	nudge := func() { l.waits.deliver(w, handed{}, nil) }
+	// nudge tells w to attempt at once. Until it has, the key stays w's in
+	// the Factory, so that the other waiters, woken by the release too, do
+	// not race it (on Redlock such races split the votes).
+	nudge := func() {
+		if !l.waits.deliver(w, handed{}, nil) {
+			l.waits.unhold(l.key, w)
+		}
+	}
 	sent := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, w.ttl)
 	granted, err := t.Transfer(tctx, l.key, ls.owner, w.owner, w.ttl)
@@ -276,12 +293,14 @@ func (l *Lock) handoff(ctx context.Context, ls *lease) (done bool, err error, ne
 		nudge()
 		return true, errors.Join(ErrLost, err), nil
 	case errors.Is(err, errors.ErrUnsupported):
+		l.waits.pass(l.key, ls, w)
 		return false, nil, nudge
 	}
 	// A backend error: the transfer may have happened. Give back what the
 	// waiter may hold before it attempts with the same owner value, then
 	// release ls as usual.
 	l.abandon(ctx, w.ttl, w.owner)
+	l.waits.pass(l.key, ls, w)
 	return false, err, nudge
 }
 
@@ -295,6 +314,5 @@ func (a *attempter) take(h handed) (*lease, error) {
 		return ls, nil
 	}
 	a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
-	a.l.waits.unhold(a.l.key, h.to)
 	return nil, fmt.Errorf("%w: the lease handed over ran out before it arrived", ErrNotObtained)
 }

@@ -542,3 +542,44 @@ func TestHeldHereDuringTheHandoff(t *testing.T) {
 		t.Errorf("%d waiting, %d keys tracked after the last Unlock, want none", locker.Waiting(f, "k"), locker.Tracked(f))
 	}
 }
+
+// When the driver cannot transfer, Unlock releases and tells the first
+// waiter to attempt at once; the other waiters, woken by the release too,
+// leave the key to it rather than race it.
+func TestNudgedWaiterIsNotRaced(t *testing.T) {
+	ctx := context.Background()
+	s := newSpy()
+	s.transfer = func(context.Context, string, string, string, time.Duration) (locker.Lease, error) {
+		return locker.Lease{}, errors.ErrUnsupported
+	}
+	f := newFactory(t, s)
+	a, b, c := f.NewLock("k"), f.NewLock("k"), f.NewLock("k")
+	if err := a.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	doneB := lockAsync(ctx, b)
+	waitInLine(t, f, "k", 1)
+	cctx, cancel := context.WithCancel(ctx)
+	doneC := lockAsync(cctx, c)
+	waitInLine(t, f, "k", 2)
+	before := s.acquires.Load()
+	if err := a.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, doneB, "the first waiter"); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.acquires.Load() - before; got != 1 {
+		t.Errorf("%d Acquire calls after the release, want 1 (the first waiter's)", got)
+	}
+	cancel()
+	if err := within(t, doneC, "the cancelled waiter"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %v", err)
+	}
+	if err := b.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if locker.Tracked(f) != 0 {
+		t.Errorf("%d keys tracked after the last Unlock", locker.Tracked(f))
+	}
+}

@@ -211,16 +211,18 @@ func (a *attempter) try() (*lease, error) {
 			return a.handed(h)
 		}
 	}
-	return a.acquireOnce()
+	return a.acquire1(nil)
 }
 
 // handed takes the outcome of a hand-off: the lease, or else (a nudge, or a
 // lease that came too late) an attempt of its own.
 func (a *attempter) handed(h handed) (*lease, error) {
+	// The Factory counts the key as this call's until it holds its own lease
+	// (which takes over) or gives up.
+	defer a.l.waits.unhold(a.l.key, h.to)
 	if a.ctx.Err() != nil {
 		if h.ok {
 			a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
-			a.l.waits.unhold(a.l.key, h.to)
 		}
 		return nil, cancelled(a.ctx, nil)
 	}
@@ -229,7 +231,7 @@ func (a *attempter) handed(h handed) (*lease, error) {
 			return ls, err
 		}
 	}
-	return a.acquireOnce()
+	return a.acquire1(h.to)
 }
 
 // line puts the call in the Factory's line for a hand-off, or back in its
@@ -259,19 +261,24 @@ func (a *attempter) leave() {
 	}
 	h, ok := a.l.waits.quit(a.w)
 	a.w = nil
-	if ok && h.ok {
-		a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+	if ok {
+		if h.ok {
+			a.l.abandon(a.ctx, a.cfg.ttl, a.owner)
+		}
 		a.l.waits.unhold(a.l.key, h.to)
 	}
 }
 
-// acquireOnce makes one Acquire call, unless a live lease of the same
-// Factory holds the key: then the attempt fails at once, without I/O, and
-// the call waits in line for the hand-off.
-func (a *attempter) acquireOnce() (*lease, error) {
+// acquire1 makes one Acquire call, unless a live lease of the same Factory
+// holds the key (or another waiter, not self, has been told to take it):
+// then the attempt fails at once, without I/O, and the call waits in line.
+func (a *attempter) acquire1(self *waiter) (*lease, error) {
 	a.attempts++
 	l, cfg := a.l, a.cfg
-	if l.waits != nil && l.waits.held(l.key) {
+	if l.waits != nil && l.waits.heldBesides(l.key, self) {
+		if a.ctx.Err() != nil {
+			return nil, cancelled(a.ctx, nil)
+		}
 		if cfg.observer != nil {
 			cfg.observer(Event{Kind: Contended, Key: l.key, Owner: a.owner, Attempt: a.attempts, Wait: time.Since(a.start), Err: errHeldHere})
 		}
