@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -151,6 +153,17 @@ func (s *suite) handoff(t *testing.T) {
 		must(t, l.Release(ctx, key, "owner-a"), "Release")
 	})
 
+	t.Run("TransferRacesAcquire", func(t *testing.T) {
+		t.Parallel()
+		transferRace(t, func(t testing.TB) transferLocker {
+			l, tr := s.transferer(t)
+			return struct {
+				locker.Locker
+				locker.Transferer
+			}{l, tr}
+		}, 150)
+	})
+
 	// Goroutines of two clients take turns: inside a client the lock passes
 	// by hand-off, between clients by release. Never two holders, tokens
 	// always rising.
@@ -220,4 +233,188 @@ func (s *suite) handoff(t *testing.T) {
 			t.Fatalf("the key is held after every Unlock: %+v", got)
 		}
 	})
+}
+
+// transferLocker is a driver's Locker seen with its Transfer.
+type transferLocker interface {
+	locker.Locker
+	locker.Transferer
+}
+
+// transferRace runs the hand-off race until grants grants were made: a few
+// passers, which hand the lease on by Transfer to one another and now and
+// then release it, and a few acquirers, which try to Acquire it in a loop
+// and, when they win, pass it on likewise.
+// Every holder checks on entry that it is alone and that its token is above
+// the previous holder's, and asks the storage whether it holds the key.
+func transferRace(t *testing.T, newLocker func(t testing.TB) transferLocker, grants int64) {
+	const (
+		passers   = 3
+		acquirers = 3
+		ttl       = 10 * time.Second
+	)
+	ctx := testCtx(t, 2*time.Minute)
+	key := Key(t)
+
+	var (
+		occupancy  atomic.Int64
+		lastToken  atomic.Int64
+		granted    atomic.Int64
+		transfers  atomic.Int64
+		acquired   atomic.Int64
+		ownerSeq   atomic.Int64
+		stopOnce   sync.Once
+		stop       = make(chan struct{})
+		errs       = make(chan error, passers+acquirers)
+		wg         sync.WaitGroup
+		inboxes    [passers]chan grant
+		lockers    [passers + acquirers]transferLocker
+		newOwnerOf = func(who string) string { return who + "-" + strconv.FormatInt(ownerSeq.Add(1), 10) }
+	)
+	for i := range lockers {
+		lockers[i] = newLocker(t)
+	}
+	for i := range inboxes {
+		inboxes[i] = make(chan grant, 1)
+	}
+
+	// hold runs the critical section of a holder: it fails if another
+	// holder is inside, if the token is not above the previous holder's, or
+	// if the storage names another holder.
+	hold := func(l transferLocker, g grant) error {
+		if n := occupancy.Add(1); n != 1 {
+			return fmt.Errorf("%d holders at once (entering: %s, token %d)", n, g.owner, g.token)
+		}
+		if prev := lastToken.Swap(g.token); g.token <= prev {
+			return fmt.Errorf("token %d granted to %s after token %d", g.token, g.owner, prev)
+		}
+		info, err := l.Inspect(ctx, key)
+		if err != nil {
+			return err
+		}
+		if info.Owner != g.owner || info.Token != g.token {
+			return fmt.Errorf("%s holds token %d, but the storage reports %+v", g.owner, g.token, info)
+		}
+		occupancy.Add(-1)
+		if granted.Add(1) >= grants {
+			stopOnce.Do(func() { close(stop) })
+		}
+		return nil
+	}
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	// passOn hands the lease to a passer (not self), or releases it: when
+	// the race is over, and now and then so that acquirers get a turn.
+	passOn := func(l transferLocker, g grant, self int, rng *rand.Rand) error {
+		if stopped() || rng.IntN(4) == 0 {
+			return l.Release(ctx, key, g.owner)
+		}
+		to := rng.IntN(passers)
+		if to == self {
+			to = (to + 1) % passers
+		}
+		owner := newOwnerOf(fmt.Sprintf("p%d", to))
+		lease, err := l.Transfer(ctx, key, g.owner, owner, ttl)
+		if err != nil {
+			return fmt.Errorf("Transfer %s→%s: %w", g.owner, owner, err)
+		}
+		transfers.Add(1)
+		select {
+		case inboxes[to] <- grant{owner: owner, token: lease.Token}:
+			return nil
+		case <-stop: // a failure elsewhere: the receiver may be gone
+			return l.Release(ctx, key, owner)
+		}
+	}
+	fail := func(err error) {
+		errs <- err
+		stopOnce.Do(func() { close(stop) })
+	}
+
+	for i := 0; i < passers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, rng := lockers[i], rand.New(rand.NewPCG(uint64(i), 1))
+			for {
+				select {
+				case g := <-inboxes[i]:
+					if err := hold(l, g); err != nil {
+						fail(err)
+						return
+					}
+					if err := passOn(l, g, i, rng); err != nil {
+						fail(err)
+						return
+					}
+				case <-stop:
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < acquirers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, rng := lockers[passers+i], rand.New(rand.NewPCG(uint64(i), 2))
+			for !stopped() {
+				owner := newOwnerOf(fmt.Sprintf("a%d", i))
+				lease, err := l.Acquire(ctx, key, owner, ttl)
+				if errors.Is(err, locker.ErrNotObtained) && ctx.Err() == nil {
+					// Pace the attempts: the key is busy.
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				if err != nil {
+					fail(fmt.Errorf("Acquire: %w", err))
+					return
+				}
+				acquired.Add(1)
+				g := grant{owner: owner, token: lease.Token}
+				if err := hold(l, g); err != nil {
+					fail(err)
+					return
+				}
+				if err := passOn(l, g, -1, rng); err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// A grant a passer got as the race stopped is released here.
+	for i, in := range inboxes {
+		select {
+		case g := <-in:
+			if err := lockers[i].Release(ctx, key, g.owner); err != nil {
+				t.Errorf("Release of the last grant: %v", err)
+			}
+		default:
+		}
+	}
+	if info, err := lockers[0].Inspect(ctx, key); err != nil || info.Held() {
+		t.Errorf("after the race: Inspect = %+v, %v; want free", info, err)
+	}
+	if transfers.Load() == 0 || acquired.Load() == 0 {
+		t.Fatalf("%d transfers and %d acquisitions: the race did not mix both", transfers.Load(), acquired.Load())
+	}
+	t.Logf("%d grants: %d by Transfer, %d by Acquire", granted.Load(), transfers.Load(), acquired.Load())
+}
+
+// grant is a lease handed to a holder.
+type grant struct {
+	owner string
+	token int64
 }
