@@ -3,7 +3,6 @@ package redislocker_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -80,116 +79,8 @@ func TestTransferScriptReplies(t *testing.T) {
 	}
 }
 
-// TestTransfer: a transfer hands a live lease to a new owner with a new,
-// greater token and a fresh TTL (guarantee 4 across transfers); the old
-// owner no longer holds it; a stranger, an expired owner or a transfer of a
-// free key gets ErrNotHeld and changes nothing (guarantee 3).
-func TestTransfer(t *testing.T) {
-	t.Parallel()
-	testTransfer(t, newSingle(t, testutil.RedisURL(t)))
-}
-
-// testTransfer is the driver-independent body of TestTransfer.
-func testTransfer(t *testing.T, l interface {
-	locker.Locker
-	locker.Transferer
-}) {
-	ctx := ctxFor(t, 30*time.Second)
-	key := testutil.Key(t)
-	inspect := func() locker.Info {
-		t.Helper()
-		info, err := l.Inspect(ctx, key)
-		if err != nil {
-			t.Fatalf("Inspect: %v", err)
-		}
-		return info
-	}
-
-	a, err := l.Acquire(ctx, key, "A", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const ttl = 30 * time.Second
-	b, err := l.Transfer(ctx, key, "A", "B", ttl)
-	if err != nil {
-		t.Fatalf("Transfer A→B: %v", err)
-	}
-	if b.Token <= a.Token || b.Validity != ttl {
-		t.Fatalf("Transfer A→B = %+v; want a token above A's %d and validity %v", b, a.Token, ttl)
-	}
-	if info := inspect(); info.Owner != "B" || info.Token != b.Token || info.TTL <= 0 || info.TTL > ttl {
-		t.Fatalf("Inspect after transfer = %+v; want B, token %d, TTL in (0, %v]", info, b.Token, ttl)
-	}
-	if err := l.Release(ctx, key, "A"); !errors.Is(err, locker.ErrNotHeld) {
-		t.Fatalf("Release by the old owner: %v; want ErrNotHeld", err)
-	}
-	r, err := l.Refresh(ctx, key, "B", 45*time.Second)
-	if err != nil || r.Token != b.Token {
-		t.Fatalf("Refresh by B = %+v, %v; want token %d", r, err, b.Token)
-	}
-	if info := inspect(); info.Owner != "B" || info.Token != b.Token || info.TTL <= ttl {
-		t.Fatalf("Inspect after refresh = %+v; want B, token %d, TTL above %v", info, b.Token, ttl)
-	}
-
-	// Neither a stranger nor the old owner can move B's lease.
-	for _, from := range []string{"X", "A"} {
-		if _, err := l.Transfer(ctx, key, from, "C", ttl); !errors.Is(err, locker.ErrNotHeld) {
-			t.Fatalf("Transfer by %s: %v; want ErrNotHeld", from, err)
-		}
-		if info := inspect(); info.Owner != "B" || info.Token != b.Token {
-			t.Fatalf("Inspect after a refused transfer = %+v; want B's lease unchanged", info)
-		}
-	}
-
-	// A chain of transfers keeps raising the token.
-	last := b.Token
-	owner := "B"
-	for i := 0; i < 3; i++ {
-		next := fmt.Sprintf("C%d", i)
-		lease, err := l.Transfer(ctx, key, owner, next, ttl)
-		if err != nil || lease.Token <= last {
-			t.Fatalf("Transfer %s→%s = %+v, %v; want a token above %d", owner, next, lease, err, last)
-		}
-		owner, last = next, lease.Token
-	}
-	if err := l.Release(ctx, key, owner); err != nil {
-		t.Fatalf("Release by the last owner: %v", err)
-	}
-
-	// A free key cannot be transferred.
-	if _, err := l.Transfer(ctx, key, owner, "D", ttl); !errors.Is(err, locker.ErrNotHeld) {
-		t.Fatalf("Transfer of a free key: %v; want ErrNotHeld", err)
-	}
-	if info := inspect(); info.Held() {
-		t.Fatalf("Inspect after transferring a free key = %+v; want free", info)
-	}
-
-	// Nor can an expired lease, even before anyone takes the key over.
-	e, err := l.Acquire(ctx, key, "E", 30*time.Millisecond)
-	if err != nil || e.Token <= last {
-		t.Fatalf("Acquire after transfers = %+v, %v; want a token above %d", e, err, last)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for inspect().Held() {
-		if time.Now().After(deadline) {
-			t.Fatal("a 30ms lease did not expire in 10s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	if _, err := l.Transfer(ctx, key, "E", "F", ttl); !errors.Is(err, locker.ErrNotHeld) {
-		t.Fatalf("Transfer by an expired owner: %v; want ErrNotHeld", err)
-	}
-	if info := inspect(); info.Held() {
-		t.Fatalf("Inspect after an expired owner's transfer = %+v; want free", info)
-	}
-	g, err := l.Acquire(ctx, key, "G", time.Minute)
-	if err != nil || g.Token <= e.Token {
-		t.Fatalf("Acquire after expiry = %+v, %v; want a token above %d", g, err, e.Token)
-	}
-	if err := l.Release(ctx, key, "G"); err != nil {
-		t.Fatal(err)
-	}
-}
+// Transfer's owner checks, fencing and expiry are the conformance suite's
+// Guarantees/Handoff tests.
 
 // TestTransferBadInput: bad arguments are the locker's errors before any
 // I/O, on a single node and on Redlock; a done context does no I/O; and
