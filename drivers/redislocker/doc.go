@@ -43,6 +43,16 @@
 // their interval. Close a Locker from [New] or [NewRedlock] too when done
 // with it, to end its subscription connections.
 //
+// # Hand-off
+//
+// On one server, Locker implements [locker.Transferer]: transfer.lua moves
+// a live lease from its owner to another in one step, with a fresh PX and
+// a new token from the key's counter, and publishes nothing (the key is
+// never free). A [locker.Factory] uses it to hand a lock its Unlock ends
+// straight to a Lock call of its own that waits for the key. On Redlock,
+// Transfer reports [errors.ErrUnsupported] (a transfer would need a quorum
+// of its own), and Unlock releases as usual.
+//
 // # Contexts
 //
 // Acquire and Release on one server apply a context's deadline as the
