@@ -120,3 +120,33 @@ func ExampleObserve() {
 	// acquired job 1
 	// released job 1
 }
+
+// Goroutines of one process taking turns on a key: each Unlock hands the
+// lock straight to the goroutine that has waited longest, in one storage
+// operation, with a new fencing token.
+func ExampleHandoff() {
+	ctx := context.Background()
+	f, _ := locker.NewFactory(memlocker.New(),
+		locker.Retries(locker.Unlimited), locker.Interval(time.Second),
+		locker.Handoff(locker.DefaultHandoff)) // the default: shown for the reader
+	done := make(chan int64)
+	for range 4 {
+		go func() {
+			l := f.NewLock("nightly-report")
+			if err := l.Lock(ctx); err != nil {
+				panic(err)
+			}
+			token := l.Token()
+			if err := l.Unlock(ctx); err != nil { // hands over if another waits
+				panic(err)
+			}
+			done <- token
+		}()
+	}
+	seen := map[int64]bool{}
+	for range 4 {
+		seen[<-done] = true
+	}
+	fmt.Println(len(seen), "critical sections, each with its own token")
+	// Output: 4 critical sections, each with its own token
+}

@@ -83,9 +83,13 @@ type handed struct {
 
 func newWaitlist() *waitlist { return &waitlist{keys: map[string]*queue{}} }
 
+func newWaiter(key, owner string, ttl time.Duration) *waiter {
+	return &waiter{key: key, owner: owner, ttl: ttl, grant: make(chan handed, 1)}
+}
+
 // join adds a waiter for key at the end of the line.
 func (wl *waitlist) join(key, owner string, ttl time.Duration) *waiter {
-	w := &waiter{key: key, owner: owner, ttl: ttl, grant: make(chan handed, 1)}
+	w := newWaiter(key, owner, ttl)
 	wl.mu.Lock()
 	q := wl.keys[key]
 	if q == nil {
@@ -168,13 +172,25 @@ func (wl *waitlist) unhold(key string, ls any) {
 	wl.mu.Unlock()
 }
 
-// heldBesides reports whether a live lease of this Factory holds key, or a
-// waiter other than self has been told to take it.
-func (wl *waitlist) heldBesides(key string, self *waiter) bool {
+// waitIfHeld reports whether a live lease of this Factory holds key, or a
+// waiter other than self has been told to take it. If so, it puts a's call
+// in line (or back in its place) in the same step, so that an Unlock that
+// follows at once finds it there.
+func (wl *waitlist) waitIfHeld(a *attempter, self *waiter) bool {
 	wl.mu.Lock()
 	defer wl.mu.Unlock()
-	q := wl.keys[key]
-	return q != nil && q.holder != nil && q.holder != self
+	q := wl.keys[a.l.key]
+	if q == nil || q.holder == nil || q.holder == self {
+		return false
+	}
+	switch {
+	case a.w == nil:
+		a.w = newWaiter(a.l.key, a.owner, a.cfg.ttl)
+		q.waiters = append(q.waiters, a.w)
+	case a.w.state == attempting:
+		a.w.state = idle
+	}
+	return true
 }
 
 // pass makes to the key's holder in place of from, if from still is.

@@ -275,7 +275,7 @@ func (a *attempter) leave() {
 func (a *attempter) acquire1(self *waiter) (*lease, error) {
 	a.attempts++
 	l, cfg := a.l, a.cfg
-	if l.waits != nil && l.waits.heldBesides(l.key, self) {
+	if l.waits != nil && l.waits.waitIfHeld(a, self) {
 		if a.ctx.Err() != nil {
 			return nil, cancelled(a.ctx, nil)
 		}
