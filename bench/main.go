@@ -298,6 +298,12 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 			if !cfg.Workloads[w] {
 				continue
 			}
+			if w == wUncontended {
+				if !uncontendedRound(ctx, cfg, rep, subs, round, func(s opened) string { return key(s, w, round) }, log) {
+					return rep
+				}
+				continue
+			}
 			for i := range subs {
 				s := subs[(i+round)%len(subs)]
 				if ctx.Err() != nil {
@@ -320,6 +326,33 @@ func run(ctx context.Context, cfg *config, log io.Writer) *report {
 		}
 	}
 	return rep
+}
+
+// turns is how many turns each subject takes in an uncontended round.
+const turns = 10
+
+// uncontendedRound measures every subject's uncontended lock+unlock in
+// turns of Duration/turns each, the subjects taking their turns in
+// rotation, so that a change in the machine's speed during the round (a
+// busy neighbour, the host's scheduling) falls on every subject alike
+// instead of on whichever ran then. It reports false if ctx ended.
+func uncontendedRound(ctx context.Context, cfg *config, rep *report, subs []opened, round int, key func(opened) string, log io.Writer) bool {
+	total := make([]result, len(subs))
+	for turn := range turns {
+		for i := range subs {
+			j := (i + round + turn) % len(subs)
+			if ctx.Err() != nil {
+				return false
+			}
+			r := runUncontended(ctx, cfg.mutexes(subs[j].c, wUncontended), key(subs[j]), cfg.Duration/turns)
+			total[j].merge(&r)
+		}
+	}
+	for i, s := range subs {
+		rep.record(s.subject, wUncontended, round, &total[i])
+		fmt.Fprintf(log, "round %d/%d %-11s %-10s %-26s %s\n", round+1, cfg.Rounds, wUncontended, s.Backend, s.Name, total[i].summary(wUncontended))
+	}
+	return true
 }
 
 func slug(name string) string {

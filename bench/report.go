@@ -282,8 +282,8 @@ func (r *report) write(w io.Writer) error {
 	for _, s := range r.servers {
 		p("- Server: %s\n", s)
 	}
-	p("- Method: %d round(s); in each, every workload runs for %v per subject, subjects interleaved (their order rotates every round). Figures are the median over rounds, with [min–max] across rounds. Ratios are taken within each round against the floor of the same backend, then summarised the same way. Lease %v for every library; pools of %d connections per subject.\n",
-		cfg.Rounds, cfg.Duration, cfg.Env.TTL, cfg.Env.Conns)
+	p("- Method: %d round(s); in each, every workload runs for %v per subject, subjects interleaved (their order rotates every round). Figures are the median over rounds, with [min–max] across rounds. Ratios are taken within each round against the floor of the same backend, then summarised the same way. The uncontended workload runs in %d turns of %v per subject within a round, the subjects taking turns in rotation, so that the machine's changes of speed fall on all of them alike. Lease %v for every library; pools of %d connections per subject.\n",
+		cfg.Rounds, cfg.Duration, turns, cfg.Duration/turns, cfg.Env.TTL, cfg.Env.Conns)
 	for _, s := range r.skipped {
 		p("- Not measured: %s\n", s)
 	}

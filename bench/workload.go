@@ -46,6 +46,23 @@ type result struct {
 	CPU      time.Duration // the process's CPU time (user+system) per lock+unlock, uncontended only
 }
 
+// merge adds the uncontended measurement o to r: samples and counts add
+// up, and the per-operation figures are averaged over both.
+func (r *result) merge(o *result) {
+	if n := r.Ops + o.Ops; n > 0 {
+		r.Allocs = (r.Allocs*float64(r.Ops) + o.Allocs*float64(o.Ops)) / float64(n)
+		r.CPU = (r.CPU*time.Duration(r.Ops) + o.CPU*time.Duration(o.Ops)) / time.Duration(n)
+	}
+	r.Ops += o.Ops
+	r.Elapsed += o.Elapsed
+	r.Acquire = append(r.Acquire, o.Acquire...)
+	r.Pair = append(r.Pair, o.Pair...)
+	r.Errors += o.Errors
+	if r.FirstErr == nil {
+		r.FirstErr = o.FirstErr
+	}
+}
+
 func (r *result) opsPerSec() float64 {
 	if r.Elapsed <= 0 {
 		return 0
