@@ -229,8 +229,9 @@ func (wl *waitlist) deliver(w *waiter, h handed, from *lease) bool {
 
 // attempt marks w as making its own attempt, so that no hand-off to it
 // starts meanwhile. If one is already under way, attempt waits for its
-// outcome (one storage round trip, bounded by the TTL) and returns it.
-func (wl *waitlist) attempt(w *waiter) (handed, bool) {
+// outcome (one storage round trip, bounded by the TTL) and returns it, or
+// returns nothing when ctx ends first (the caller then quits the line).
+func (wl *waitlist) attempt(ctx context.Context, w *waiter) (handed, bool) {
 	wl.mu.Lock()
 	if w.state != popped {
 		w.state = attempting
@@ -238,7 +239,12 @@ func (wl *waitlist) attempt(w *waiter) (handed, bool) {
 		return handed{}, false
 	}
 	wl.mu.Unlock()
-	return <-w.grant, true
+	select {
+	case h := <-w.grant:
+		return h, true
+	case <-ctx.Done():
+		return handed{}, false
+	}
 }
 
 // wait marks w, whose own attempt failed, as waiting again, in its place.

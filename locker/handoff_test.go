@@ -274,6 +274,58 @@ func TestHandoffToACancelledWaiter(t *testing.T) {
 	}
 }
 
+// The same, with a waiter whose own retry comes due while the hand-off to
+// it is under way: it waits for the hand-off's outcome, but no longer than
+// its context.
+func TestHandoffToAWaiterCancelledWhileItsRetryWaits(t *testing.T) {
+	ctx := context.Background()
+	s := newSpy()
+	entered, proceed := make(chan struct{}), make(chan struct{})
+	s.transfer = func(ctx context.Context, key, from, to string, ttl time.Duration) (locker.Lease, error) {
+		close(entered)
+		<-proceed
+		return s.Locker.Transfer(ctx, key, from, to, ttl)
+	}
+	f := newFactory(t, s)
+	a, b := f.NewLock("k"), f.NewLock("k")
+	if err := a.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bctx, cancel := context.WithCancel(ctx)
+	var tries atomic.Int64
+	done := lockAsync(bctx, b, locker.Interval(time.Millisecond), locker.Observe(func(e locker.Event) {
+		if e.Kind == locker.Contended {
+			tries.Add(1)
+		}
+	}))
+	waitInLine(t, f, "k", 1)
+	unlocked := make(chan error, 1)
+	go func() { unlocked <- a.Unlock(ctx) }()
+	<-entered
+	// Let b's 1ms retry come due: it finds the hand-off under way and waits
+	// for its outcome instead of attempting (so at most one attempt here).
+	from := tries.Load()
+	time.Sleep(10 * time.Millisecond)
+	if got := tries.Load() - from; got > 1 {
+		t.Errorf("%d attempts while a hand-off to the waiter was under way", got)
+	}
+	cancel()
+	err := within(t, done, "the cancelled Lock")
+	if !errors.Is(err, locker.ErrNotObtained) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Lock: %v, want ErrNotObtained and context.Canceled", err)
+	}
+	close(proceed)
+	if err := within(t, unlocked, "Unlock"); err != nil {
+		t.Fatalf("Unlock: %v", err)
+	}
+	if info, err := s.Inspect(ctx, "k"); err != nil || info.Held() {
+		t.Fatalf("after the hand-off to a gone waiter: %+v, %v; want the key free", info, err)
+	}
+	if locker.Tracked(f) != 0 {
+		t.Errorf("%d keys tracked after the last Unlock", locker.Tracked(f))
+	}
+}
+
 // A hand-off that finds the lease gone reports the loss, and the waiter
 // attempts on its own at once.
 func TestHandoffOfALostLease(t *testing.T) {

@@ -205,10 +205,13 @@ type attempter struct {
 // cancelled ctx, the final error).
 func (a *attempter) try() (*lease, error) {
 	if a.w != nil {
-		if h, ok := a.l.waits.attempt(a.w); ok {
+		if h, ok := a.l.waits.attempt(a.ctx, a.w); ok {
 			// A hand-off was under way: it decides instead.
 			a.w = nil
 			return a.handed(h)
+		}
+		if a.ctx.Err() != nil {
+			return nil, cancelled(a.ctx, nil) // leave gives back what comes
 		}
 	}
 	return a.acquire1(nil)
